@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
 
 from xnn_lab._checks import check_choice, check_int
 from xnn_lab.data import _render
+from xnn_lab.data._base import ImageSet
 
 SPLITS = ("train", "val", "test")
 # Random streams of this set start here, apart from those of the Shapes set.
@@ -95,7 +95,7 @@ _BODY, _HEAD, _WING, _TAIL = 1, 2, 3, 4
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class PartsData(Dataset):
+class PartsData(ImageSet):
     """A generated Parts set; indexing gives ``(image, label)``.
 
     Attributes:
@@ -124,17 +124,6 @@ class PartsData(Dataset):
     attribute_names: tuple[str, ...]
     split: str
     seed: int
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index):
-        return self.images[index], self.labels[index]
-
-    @property
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(images, labels)`` pair, for code that slices the tensors directly."""
-        return self.images, self.labels
 
     def __repr__(self) -> str:
         return (f"PartsData(n={len(self)}, image_size={self.images.shape[-1]}, "

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
 
 from xnn_lab._checks import check_choice, check_float, check_int
 from xnn_lab.data import _render
+from xnn_lab.data._base import ImageSet
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross")
 POLYGON_SHAPES = SHAPE_CLASSES[1:]
@@ -85,7 +85,7 @@ def shape_vertices(kind: str, center, size, rotation) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class ShapesData(Dataset):
+class ShapesData(ImageSet):
     """A generated Shapes set; indexing gives ``(image, label)``.
 
     Attributes:
@@ -113,17 +113,6 @@ class ShapesData(Dataset):
     split: str
     seed: int
     spurious: bool
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index):
-        return self.images[index], self.labels[index]
-
-    @property
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(images, labels)`` pair, for code that slices the tensors directly."""
-        return self.images, self.labels
 
     def __repr__(self) -> str:
         return (f"ShapesData(n={len(self)}, image_size={self.images.shape[-1]}, "
