@@ -20,7 +20,7 @@ venv: $(STAMP)
 
 # Executes every chapter in full mode; any execution error or Sphinx warning fails the build.
 book: $(STAMP)
-	MPLBACKEND=Agg $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 # Unit tests, every notebook through nbval in quick mode, and the book's structure (tests/test_book.py).
 test: $(STAMP)
