@@ -2,5 +2,6 @@
 
 from xnn_lab.models.cnn import SmallCNN
 from xnn_lab.models.mlp import MLP
+from xnn_lab.models.senn import SENN, SENNOutput
 
-__all__ = ["MLP", "SmallCNN"]
+__all__ = ["MLP", "SENN", "SENNOutput", "SmallCNN"]
