@@ -36,9 +36,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, vjp, vmap
-from torch.utils.data import Dataset, default_collate
 
 from xnn_lab._checks import _describe, check_choice, check_float, check_int
+from xnn_lab.train import tensor_pair
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("exact", "cg", "lissa")
@@ -60,29 +60,6 @@ def _default_tol(dtype: torch.dtype, method: str) -> float:
     L-BFGS, whose line search compares objective values, which stop changing below that gradient."""
     eps = torch.finfo(dtype).eps
     return math.sqrt(eps) if method == "lbfgs" else max(1e-10, 100 * eps)
-
-
-def _as_pair(name: str, data) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` from a tensor pair, a dataset with ``.tensors``, or any map-style dataset."""
-    pair = data if isinstance(data, (tuple, list)) else getattr(data, "tensors", None)
-    if pair is None:
-        if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
-            raise TypeError(f"{name} must be an (X, y) pair of tensors or a map-style Dataset, "
-                            f"got {_describe(data)}")
-        if len(data) == 0:
-            raise ValueError(f"{name} is empty")
-        # Collated once, up front: the influence computations then slice tensors only.
-        pair = default_collate([data[i] for i in range(len(data))])
-    if len(pair) != 2 or not all(isinstance(t, torch.Tensor) for t in pair):
-        raise TypeError(f"{name} must hold exactly two tensors (X, y), got {len(pair)} items "
-                        f"of types {[type(t).__name__ for t in pair]}")
-    X, y = pair
-    if X.ndim == 0 or y.ndim == 0 or len(X) != len(y):
-        raise ValueError(f"{name}: X and y must have the same length, got X of shape {tuple(X.shape)} "
-                         f"and y of shape {tuple(y.shape)}")
-    if len(X) == 0:
-        raise ValueError(f"{name} is empty")
-    return X, y
 
 
 def _check_same_kind(train: tuple, test: tuple, test_name: str = "test") -> None:
@@ -229,7 +206,7 @@ def _prepare(model, loss_fn, params, weight_decay, batch_size, data: dict[str, o
     objective = _Objective(model, loss_fn, names, weight_decay, batch_size)
     pairs = {}
     for name, value in data.items():
-        X, y = _as_pair(name, value)
+        X, y = tensor_pair(name, value, collate=True)
         pairs[name] = (X, (X.to(objective.device), y.to(objective.device)))
     if "train" in pairs:
         for name in pairs:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from xnn_lab._checks import check_float, check_int, check_tensor
 from xnn_lab._runtime import device as default_device
 from xnn_lab.models.senn import SENN
-from xnn_lab.train import History, _as_tensors, iterate_batches
+from xnn_lab.train import History, iterate_batches, tensor_pair
 
 
 def _check_model(model) -> SENN:
@@ -218,9 +218,9 @@ def fit_senn(model: SENN, train, val=None, *, lam: float = 0.0, xi: float = 1.0,
     check_int("seed", seed, minimum=0)
     check_float("lr", lr, minimum=0.0, open_min=True)
     check_float("weight_decay", weight_decay, minimum=0.0)
-    _as_tensors("train", train)
+    tensor_pair("train", train)
     if val is not None:
-        _as_tensors("val", val)
+        tensor_pair("val", val)
 
     device = device or default_device()
     model.to(device)

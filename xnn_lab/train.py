@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from xnn_lab._checks import check_choice, check_float, check_int
@@ -39,18 +39,31 @@ class History:
         return self[key] if key in self else default
 
 
-def _as_tensors(name: str, data) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(X, y) for a tensor pair or a dataset that holds its tensors (``.tensors``); None otherwise."""
+def tensor_pair(name: str, data, *, collate: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(X, y)`` of a tensor pair or of a dataset that holds its tensors (``.tensors``).
+
+    Any other map-style Dataset is collated once into tensors when ``collate`` is true; otherwise
+    None is returned for it, and callers iterate it with a DataLoader.
+
+    Raises:
+        TypeError, ValueError: naming ``name``, for data that is none of these, or X and y of
+            different lengths, or no examples.
+    """
     pair = data if isinstance(data, (tuple, list)) else getattr(data, "tensors", None)
     if pair is None:
-        if isinstance(data, Dataset):
+        if not isinstance(data, Dataset):
+            raise TypeError(f"{name} must be an (X, y) pair of tensors or a torch Dataset, got {type(data).__name__}")
+        if not collate:
             return None
-        raise TypeError(f"{name} must be an (X, y) pair of tensors or a torch Dataset, got {type(data).__name__}")
+        if len(data) == 0:
+            raise ValueError(f"{name} is empty")
+        pair = default_collate([data[i] for i in range(len(data))])
     if len(pair) != 2 or not all(isinstance(t, torch.Tensor) for t in pair):
         raise TypeError(f"{name} must be an (X, y) pair of tensors, got {type(data).__name__} of length {len(pair)}")
     X, y = pair
-    if len(X) != len(y):
-        raise ValueError(f"{name}: X and y must have the same length, got {len(X)} and {len(y)}")
+    if X.ndim == 0 or y.ndim == 0 or len(X) != len(y):
+        raise ValueError(f"{name}: X and y must have the same length, got X of shape {tuple(X.shape)} "
+                         f"and y of shape {tuple(y.shape)}")
     if len(X) == 0:
         raise ValueError(f"{name} is empty")
     return X, y
@@ -60,7 +73,7 @@ def iterate_batches(name: str, data, batch_size: int, *, device: torch.device, s
                     generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (X, y) batches on ``device``: tensor pairs are sliced in place, other datasets go
     through a DataLoader."""
-    pair = _as_tensors(name, data)
+    pair = tensor_pair(name, data)
     if pair is None:
         loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
         for X, y in loader:
@@ -155,9 +168,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 20, lr: float = 1e-3
         check_int("patience", patience, minimum=1)
         if val is None:
             raise ValueError("patience needs validation data: pass val=(X, y)")
-    _as_tensors("train", train)
+    tensor_pair("train", train)
     if val is not None:
-        _as_tensors("val", val)
+        tensor_pair("val", val)
 
     device = device or default_device()
     model.to(device)
