@@ -34,6 +34,7 @@ gpu-check:
 	else $(GPU_PY) -m pip install --quiet --no-index --find-links .wheels -e . --no-build-isolation; fi
 	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda $(NOTEBOOKS)
 	$(GPU_PY) -m xnn_lab.cli zoo check
+	$(GPU_PY) -m xnn_lab.cli bench cam --model resnet50 --batch-size 64 --image-size 224
 
 # Wheels of the package's dependencies except torch/torchvision (which a GPU machine has).
 wheels: $(STAMP)

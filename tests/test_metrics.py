@@ -1,7 +1,33 @@
+import math
+
+import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
+from torch import nn
 
-from xnn_lab.metrics import mass_in_mask
+from xnn_lab.metrics import (
+    area_under_curve,
+    centre_maps,
+    deletion_curve,
+    energy_pointing_game,
+    insertion_curve,
+    mass_in_mask,
+    pointing_game,
+    random_maps,
+    randomization_sanity_check,
+    rank_correlation,
+    saliency_ranks,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: more threads only add synchronisation, which costs seconds on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_mass_in_mask_matches_a_per_pixel_sum():
@@ -30,3 +56,189 @@ def test_mass_in_mask_errors_name_arguments():
         mass_in_mask(torch.rand(1, 4, 4), torch.ones(1, 4, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="attributions must have 3 or 4 dimensions"):
         mass_in_mask(torch.rand(4, 4), torch.ones(4, 4, dtype=torch.bool))
+
+
+def _classifier(seed=0, classes=3):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, classes)).eval()
+    with torch.no_grad():  # statistics as if trained, so that re-initialising them changes something
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_pointing_game_matches_a_per_pixel_distance_check():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(6, 12, 12, generator=g)
+    masks = torch.zeros(6, 12, 12, dtype=torch.bool)
+    masks[:, 4:7, 5:9] = True
+    for tolerance in (0, 2, 3):
+        got = pointing_game(maps, masks, tolerance=tolerance)
+        for b in range(6):
+            peak = int(maps[b].flatten().argmax())
+            row, col = divmod(peak, 12)
+            inside = [(r, c) for r in range(12) for c in range(12) if masks[b, r, c]]
+            nearest = min(math.hypot(r - row, c - col) for r, c in inside)
+            assert bool(got[b]) == (nearest <= tolerance)
+    assert pointing_game(maps, masks, tolerance=3).any() and not pointing_game(maps, masks).all()
+
+
+def test_pointing_game_counts_a_constant_map_as_a_miss():
+    masks = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert pointing_game(torch.zeros(1, 4, 4), masks).tolist() == [False]
+
+
+def test_energy_pointing_game_matches_a_loop_with_mask_and_box():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.rand(3, 8, 8, generator=g)
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 2, 3] = masks[0, 5, 6] = True  # box rows 2..5, cols 3..6
+    masks[1, 0:2, 0:8] = True
+    masks[2, 7, 7] = True
+    got_mask = energy_pointing_game(maps, masks)
+    got_box = energy_pointing_game(maps, masks, box=True)
+    for b in range(3):
+        m = maps[b]
+        energy = (m - m.min()) / (m.max() - m.min())
+        rows = [r for r in range(8) if masks[b, r].any()]
+        cols = [c for c in range(8) if masks[b, :, c].any()]
+        in_box = energy[min(rows):max(rows) + 1, min(cols):max(cols) + 1].sum()
+        assert got_box[b].item() == pytest.approx((in_box / energy.sum()).item(), rel=1e-5)
+        assert got_mask[b].item() == pytest.approx((energy[masks[b]].sum() / energy.sum()).item(), rel=1e-5)
+    assert got_box[0] > got_mask[0]
+    with pytest.raises(ValueError, match="masks must each hold at least one pixel"):
+        energy_pointing_game(maps, torch.zeros(3, 8, 8, dtype=torch.bool), box=True)
+
+
+def _brute_force_curve(model, image, saliency, target, steps, baseline, insert):
+    """One image, one forward per step, pixels sorted in Python."""
+    height, width = saliency.shape
+    order = sorted(range(height * width), key=lambda p: -float(saliency.flatten()[p]))
+    curve = []
+    for s in range(steps + 1):
+        changed = torch.zeros(height * width, dtype=torch.bool)
+        changed[order[:s * height * width // steps]] = True
+        changed = changed.view(1, height, width)
+        picture = torch.where(changed, image, baseline) if insert else torch.where(changed, baseline, image)
+        with torch.no_grad():
+            curve.append(torch.softmax(model(picture[None]), 1)[0, target].item())
+    return curve
+
+
+@pytest.mark.parametrize("insert", [False, True], ids=["deletion", "insertion"])
+def test_deletion_and_insertion_match_a_per_step_loop(insert):
+    model = _classifier()
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, 6, 6, generator=g)
+    maps = torch.randn(2, 6, 6, generator=g)
+    baseline = torch.rand(2, 3, 6, 6, generator=g)
+    target = torch.tensor([2, 0])
+    curve_fn = insertion_curve if insert else deletion_curve
+    curves = curve_fn(model, images, maps, target, steps=5, baseline=baseline, batch_size=4)
+    assert curves.shape == (2, 6)
+    for b in range(2):
+        expected = _brute_force_curve(model, images[b], maps[b], int(target[b]), 5, baseline[b], insert)
+        assert curves[b].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(curve_fn(model, images, maps, target, steps=5, baseline=baseline, batch_size=1000),
+                               curves)
+
+
+def test_deletion_starts_at_the_image_and_insertion_ends_there():
+    model = _classifier()
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    maps = random_maps(3, 8, 8, seed=1)
+    with torch.no_grad():
+        probs = torch.softmax(model(images), 1)[:, 1]
+    model.train()
+    deletion = deletion_curve(model, images, maps, 1, steps=4, baseline=0.5)
+    insertion = insertion_curve(model, images, maps, 1, steps=4, baseline=0.5)
+    assert model.training  # the mode is restored
+    torch.testing.assert_close(deletion[:, 0], probs)
+    torch.testing.assert_close(insertion[:, -1], probs)
+    torch.testing.assert_close(deletion[:, -1], insertion[:, 0])  # both are the all-baseline image
+
+
+def test_area_under_curve_is_the_trapezoid_rule():
+    curves = torch.rand(4, 7, generator=torch.Generator().manual_seed(4))
+    expected = [np.trapezoid(c.numpy(), np.linspace(0, 1, 7)) for c in curves]
+    assert area_under_curve(curves).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_saliency_ranks_order_pixels_and_break_ties_by_seed():
+    maps = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
+    assert saliency_ranks(maps).tolist() == [[3, 0, 1, 2]]
+    flat = torch.zeros(1, 16, 16)
+    first, again, other = (saliency_ranks(flat, seed=s) for s in (0, 0, 1))
+    assert sorted(first[0].tolist()) == list(range(256))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_rank_correlation_matches_scipy_with_ties_and_nan_for_constant_maps():
+    g = torch.Generator().manual_seed(5)
+    first = torch.randint(0, 4, (5, 3, 4), generator=g).float()  # many ties
+    second = first + torch.randn(5, 3, 4, generator=g)
+    second[1] = torch.randint(0, 3, (3, 4), generator=g).float()
+    got = rank_correlation(first, second)
+    for b in range(5):
+        assert got[b].item() == pytest.approx(spearmanr(first[b].flatten(), second[b].flatten())[0], rel=1e-5)
+    assert torch.isnan(rank_correlation(torch.ones(1, 3, 3), torch.rand(1, 3, 3))).all()
+    with pytest.raises(ValueError, match="first and second must have the same shape"):
+        rank_correlation(torch.rand(2, 4), torch.rand(2, 5))
+
+
+def test_sanity_check_randomises_layers_in_cascade_on_a_copy():
+    model = _classifier()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    seen = []
+
+    def gradient_map(m, x, target):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(m(x).gather(1, target[:, None]).sum(), x)
+        return grad.abs().sum(1)
+
+    result = randomization_sanity_check(model, gradient_map, images, layers=["5", "1", "0"], seed=0)
+    assert list(result) == ["5", "1", "0"] and all(r.shape == (4,) for r in result.values())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, original[key])
+    reference, after_top, after_bn, after_all = seen
+    assert torch.equal(reference["5.weight"], original["5.weight"])
+    assert not torch.equal(after_top["5.weight"], original["5.weight"])
+    assert torch.equal(after_top["0.weight"], original["0.weight"])
+    assert not torch.equal(after_bn["1.running_mean"], original["1.running_mean"])
+    assert torch.equal(after_bn["5.weight"], after_top["5.weight"])  # earlier randomisations are kept
+    assert not torch.equal(after_all["0.weight"], original["0.weight"])
+    # a "map" that ignores the model passes no sanity check: its correlation stays 1
+    constant = randomization_sanity_check(model, lambda m, x, t: x.mean(1), images)
+    assert list(constant) == ["5", "1", "0"]
+    assert all(torch.allclose(r, torch.ones(4)) for r in constant.values())
+    with pytest.raises(ValueError, match="layers: 'head' is not a submodule"):
+        randomization_sanity_check(model, gradient_map, images, layers=["head"])
+
+
+def test_baseline_maps():
+    assert torch.equal(random_maps(2, 5, 6, seed=3), random_maps(2, 5, 6, seed=3))
+    assert not torch.equal(random_maps(2, 5, 6, seed=3), random_maps(2, 5, 6, seed=4))
+    centre = centre_maps(2, 9, 7, sigma=0.2)
+    assert centre.shape == (2, 9, 7) and torch.equal(centre[0], centre[1])
+    assert int(centre[0].flatten().argmax()) == 4 * 7 + 3
+    torch.testing.assert_close(centre[0], centre[0].flip(0).flip(1))
+    masks = torch.zeros(2, 9, 7, dtype=torch.bool)
+    masks[:, 4, 3] = True
+    assert pointing_game(centre, masks).all()
+
+
+def test_curve_errors_name_arguments():
+    model, images = _classifier(), torch.rand(2, 3, 6, 6)
+    with pytest.raises(ValueError, match=r"maps must have shape \(2, 6, 6\)"):
+        deletion_curve(model, images, torch.rand(2, 3, 3), 0)
+    with pytest.raises(ValueError, match=r"target must have one class per image \(2\)"):
+        deletion_curve(model, images, torch.rand(2, 6, 6), torch.tensor([0]))
+    with pytest.raises(ValueError, match="baseline must broadcast"):
+        insertion_curve(model, images, torch.rand(2, 6, 6), 0, baseline=torch.rand(3, 3, 6, 6))
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        deletion_curve(model, images, torch.rand(2, 6, 6), 0, steps=0)
+    with pytest.raises(TypeError, match="masks must be a bool tensor"):
+        pointing_game(torch.rand(1, 4, 4), torch.ones(1, 4, 4))

@@ -1,4 +1,4 @@
-"""The ``xnn-lab`` command: ``zoo list|train|check`` and ``chapters``."""
+"""The ``xnn-lab`` command: ``zoo list|train|check``, ``chapters`` and ``bench cam``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def _chapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from xnn_lab.bench import bench_cam
+
+    bench_cam(args.model, layer=args.layer, batch_size=args.batch_size, image_size=args.image_size,
+              num_classes=args.num_classes, steps=args.steps, repeats=args.repeats, device=args.device)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xnn-lab", description="Tools of the xnn-lab course.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     chapters_parser.add_argument("--quick", action="store_true", help="quick mode (XNN_LAB_QUICK=1)")
     chapters_parser.add_argument("--require-cuda", action="store_true", help="fail when no GPU is visible")
     chapters_parser.set_defaults(run=_chapters)
+
+    bench_parser = sub.add_parser("bench", help="time methods against their floor and peer libraries")
+    bench_parser.add_argument("what", choices=["cam"])
+    bench_parser.add_argument("--model", default="resnet18", help="torchvision classifier, random weights")
+    bench_parser.add_argument("--layer", default="layer4")
+    bench_parser.add_argument("--batch-size", type=int, default=8)
+    bench_parser.add_argument("--image-size", type=int, default=112)
+    bench_parser.add_argument("--num-classes", type=int, default=1000)
+    bench_parser.add_argument("--steps", type=int, default=8)
+    bench_parser.add_argument("--repeats", type=int, default=5)
+    bench_parser.add_argument("--device", default=None)
+    bench_parser.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     return args.run(args)
