@@ -1,21 +1,12 @@
 import re
 
 import pytest
-import torch
 
 from xnn_lab.bench import bench_cam
 from xnn_lab.models import SmallCNN
 
 RATIOS = ("xnn_lab/floor", "xnn_lab/captum", "cam_all/cam_one time", "deletion/forward", "insertion/forward")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: more threads only add synchronisation, which costs seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_bench_cam_prints_throughputs_and_ratios(capsys):

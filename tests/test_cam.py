@@ -15,14 +15,6 @@ from xnn_lab.models import SmallCNN
 EXPLAINERS = (CAM, GradCAM, GradCAMPlusPlus)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: more threads only add synchronisation, which costs seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small_cnn(seed=0, classes=5):
     torch.manual_seed(seed)

@@ -22,14 +22,6 @@ CE = nn.CrossEntropyLoss(reduction="none")
 LAMBDA = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a busy machine extra threads only add synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _logistic_data(n, d, seed):
     generator = torch.Generator().manual_seed(seed)

@@ -21,14 +21,6 @@ from xnn_lab.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: more threads only add synchronisation, which costs seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_mass_in_mask_matches_a_per_pixel_sum():
     g = torch.Generator().manual_seed(0)

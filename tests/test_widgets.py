@@ -8,14 +8,6 @@ from xnn_lab.models import SmallCNN
 from xnn_lab.widgets import cam_explorer, cam_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: more threads only add synchronisation, which costs seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _model():
     torch.manual_seed(0)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from xnn_lab.data import load_breast_cancer, make_shapes
@@ -31,7 +30,6 @@ class Recipe:
     training: dict
     metrics: dict[str, str]
     tolerance: float = 0.01
-    extra: dict = field(default_factory=dict)
 
     def build(self) -> nn.Module:
         return ARCHITECTURES[self.architecture](**self.config)
