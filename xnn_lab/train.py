@@ -35,9 +35,6 @@ class History:
     def __contains__(self, key: str) -> bool:
         return key in ("train_loss", "train_acc") or (key in ("val_loss", "val_acc") and bool(self.val_loss))
 
-    def get(self, key: str, default=None):
-        return self[key] if key in self else default
-
 
 def tensor_pair(name: str, data, *, collate: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(X, y)`` of a tensor pair or of a dataset that holds its tensors (``.tensors``).
@@ -97,11 +94,15 @@ def evaluate(model: nn.Module, data, *, loss_fn: LossFn | None = None, batch_siz
              device: torch.device | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``data`` (an (X, y) pair or a Dataset), in eval mode.
 
+    Args:
+        loss_fn: mean loss of (logits, y), as ``fit`` takes it; cross-entropy by default.
+
     Returns:
-        ``{"loss": float, "accuracy": float}``; accuracy is the share of argmax(logits) == y.
+        ``{"loss": float, "accuracy": float}``: the loss averaged over examples; accuracy is the
+        share of argmax(logits) == y.
     """
     check_int("batch_size", batch_size, minimum=1)
-    loss_fn = loss_fn or nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -109,7 +110,7 @@ def evaluate(model: nn.Module, data, *, loss_fn: LossFn | None = None, batch_siz
     try:
         for X, y in iterate_batches("data", data, batch_size, device=device):
             logits = model(X)
-            total_loss += float(loss_fn(logits, y))
+            total_loss += float(loss_fn(logits, y)) * len(y)
             correct += _accuracy_count(logits, y)
             count += len(y)
     finally:
@@ -203,8 +204,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 20, lr: float = 1e-3
         history.train_acc.append(correct / count)
         postfix = {"loss": f"{history.train_loss[-1]:.3f}", "acc": f"{history.train_acc[-1]:.3f}"}
         if val is not None:
-            scores = evaluate(model, val, batch_size=max(batch_size, 256), device=device,
-                              loss_fn=lambda out, t: loss_fn(out, t) * len(t))
+            scores = evaluate(model, val, batch_size=max(batch_size, 256), device=device, loss_fn=loss_fn)
             history.val_loss.append(scores["loss"])
             history.val_acc.append(scores["accuracy"])
             postfix.update(val_loss=f"{scores['loss']:.3f}", val_acc=f"{scores['accuracy']:.3f}")
