@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from xnn_lab.data import make_parts
+from xnn_lab.data.parts import ATTRIBUTE_NAMES
 from xnn_lab.models.concepts import (
     ConceptBottleneck,
     JointLoss,
@@ -25,6 +26,7 @@ from xnn_lab.train import fit
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 WIDTHS = (4, 8)
+K = len(ATTRIBUTE_NAMES)  # concepts per bird
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def parts():
 
 def _bottleneck(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return ConceptBottleneck(8, 9, widths=WIDTHS, **kwargs)
+    return ConceptBottleneck(8, K, widths=WIDTHS, **kwargs)
 
 
 def test_joint_loss_equals_its_formula_by_hand():
@@ -115,8 +117,8 @@ def test_intervention_with_all_true_concepts_is_f_of_the_true_concepts(parts):
     x, c = parts.images[:6], parts.attributes[:6]
     with torch.no_grad():
         expected = model.label_model(c)
-        assert torch.allclose(model.intervene(x, c, range(9)), expected, atol=1e-6)
-        assert torch.allclose(model.intervene(x, c, torch.ones(9, dtype=torch.bool)), expected, atol=1e-6)
+        assert torch.allclose(model.intervene(x, c, range(K)), expected, atol=1e-6)
+        assert torch.allclose(model.intervene(x, c, torch.ones(K, dtype=torch.bool)), expected, atol=1e-6)
         # Nothing replaced: the plain prediction.
         assert torch.allclose(model.intervene(x, c, []), model(x), atol=1e-6)
         # Replacing concepts 0 and 4 by hand.
@@ -124,7 +126,7 @@ def test_intervention_with_all_true_concepts_is_f_of_the_true_concepts(parts):
         manual[:, [0, 4]] = c[:, [0, 4]]
         assert torch.allclose(model.intervene(x, c, [0, 4]), model.label_model(manual), atol=1e-6)
         # A per-sample mask replaces different concepts in different rows.
-        mask = torch.zeros(6, 9, dtype=torch.bool)
+        mask = torch.zeros(6, K, dtype=torch.bool)
         mask[0, 2] = mask[3, 7] = True
         manual = torch.where(mask, c, torch.sigmoid(model.concept_logits(x)))
         assert torch.allclose(model.intervene(x, c, mask), model.label_model(manual), atol=1e-6)
@@ -137,10 +139,10 @@ def test_intervention_restores_train_mode(parts):
 
 
 @pytest.mark.parametrize("concepts, message", [
-    (torch.zeros(3, 8), r"true_concepts must have shape \(B, k\) = \(3, 9\)"),
-    (torch.zeros(2, 9), r"true_concepts must have shape"),
-    (torch.full((3, 9), 1.5), r"true_concepts must hold values in \[0, 1\]"),
-    (torch.full((3, 9), -0.1), r"true_concepts must hold values in \[0, 1\]"),
+    (torch.zeros(3, K - 1), rf"true_concepts must have shape \(B, k\) = \(3, {K}\)"),
+    (torch.zeros(2, K), r"true_concepts must have shape"),
+    (torch.full((3, K), 1.5), r"true_concepts must hold values in \[0, 1\]"),
+    (torch.full((3, K), -0.1), r"true_concepts must hold values in \[0, 1\]"),
     (torch.zeros(3), r"true_concepts must have 2 dimensions"),
 ])
 def test_intervention_refuses_bad_concept_vectors(parts, concepts, message):
@@ -149,7 +151,7 @@ def test_intervention_refuses_bad_concept_vectors(parts, concepts, message):
 
 
 @pytest.mark.parametrize("which, error", [
-    ([9], ValueError), ([-1], ValueError), (torch.ones(8, dtype=torch.bool), ValueError),
+    ([K], ValueError), ([-1], ValueError), (torch.ones(8, dtype=torch.bool), ValueError),
     (torch.tensor([0.5]), TypeError), ("head", TypeError),
 ])
 def test_intervention_refuses_bad_concept_choices(parts, which, error):
@@ -159,7 +161,7 @@ def test_intervention_refuses_bad_concept_choices(parts, which, error):
 
 def test_multitask_stacked_output_is_both_heads_on_one_trunk(parts):
     torch.manual_seed(0)
-    model = MultitaskCNN(8, 9, widths=WIDTHS).eval()
+    model = MultitaskCNN(8, K, widths=WIDTHS).eval()
     x = parts.images[:4]
     with torch.no_grad():
         stacked = model.stacked(x)
@@ -217,3 +219,20 @@ def test_intervention_stays_on_the_input_device(parts):
     model = _bottleneck().cuda()
     out = model.intervene(parts.images[:3].cuda(), parts.attributes[:3].cuda(), [0, 1])
     assert out.device.type == "cuda"
+
+
+def test_intervention_curve_row_n_is_intervene_on_the_first_n(parts):
+    model = _bottleneck(label_hidden=(5,)).train()
+    x, c = parts.images[:5], parts.attributes[:5]
+    order = [3, 0, 12, 7]
+    curve = model.intervention_curve(x, c, order)
+    assert curve.shape == (len(order) + 1, 5, 8) and model.training
+    for n in range(len(order) + 1):
+        assert torch.allclose(curve[n], model.intervene(x, c, order[:n]), atol=1e-6)
+
+
+@pytest.mark.parametrize("order, message", [([0, 0], "must not repeat"), ([K], r"\[0, 13\)"), ([-1], "order"),
+                                            (torch.tensor([0.5]), "order")])
+def test_intervention_curve_refuses_bad_orders(parts, order, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        _bottleneck().intervention_curve(parts.images[:2], parts.attributes[:2], order)

@@ -255,10 +255,11 @@ def test_parts_fields_have_documented_shapes_and_dtypes(image_size):
     assert data.labels.shape == (n,) and data.labels.dtype == torch.int64
     assert data.part_masks.shape == (n, 3, s, s) and data.part_masks.dtype == torch.bool
     assert data.body_masks.shape == (n, s, s) and data.body_masks.dtype == torch.bool
-    assert data.attributes.shape == (n, 9) and data.attributes.dtype == torch.float32
-    assert data.class_attributes.shape == (8, 9) and data.class_attributes.dtype == torch.float32
+    assert data.attributes.shape == (n, 13) and data.attributes.dtype == torch.float32
+    assert data.class_attributes.shape == (8, 13) and data.class_attributes.dtype == torch.float32
+    assert data.class_determined.shape == (13,) and data.class_determined.dtype == torch.bool
     assert data.part_names == ("head", "wing", "tail")
-    assert len(data.class_names) == 8 and len(data.attribute_names) == 9
+    assert len(data.class_names) == 8 and len(data.attribute_names) == 13
     assert (data.split, data.seed, len(data)) == ("train", 0, n)
     image, label = data[2]
     assert torch.equal(image, data.images[2]) and label == data.labels[2]
@@ -275,16 +276,33 @@ def test_part_masks_are_disjoint_visible_and_inside_the_body(parts_train):
     assert not edges.any()
 
 
-def test_attributes_are_the_class_attributes(parts_train):
-    assert torch.equal(parts_train.attributes, parts_train.class_attributes[parts_train.labels])
+def test_class_determined_attributes_are_the_class_attributes(parts_train):
+    determined = parts_train.class_determined
+    assert determined.tolist() == [True] * 9 + [False] * 4
+    expected = parts_train.class_attributes[parts_train.labels]
+    assert torch.equal(parts_train.attributes[:, determined], expected[:, determined])
     assert torch.equal(parts_train.class_attributes, CLASS_ATTRIBUTES)
     assert parts_train.labels.bincount(minlength=8).tolist() == [100] * 8
 
 
+def test_per_image_attributes_vary_within_every_class(parts_train):
+    attributes, labels = parts_train.attributes, parts_train.labels
+    per_image = attributes[:, ~parts_train.class_determined]  # wing colour (2), tail colour (2)
+    assert (per_image.reshape(-1, 2, 2).sum(-1) == 1).all()  # one value per group
+    assert torch.equal(parts_train.class_attributes[:, ~parts_train.class_determined], torch.full((8, 4), 0.5))
+    for label in range(8):
+        share = per_image[labels == label].mean(0)
+        assert ((share > 0.3) & (share < 0.7)).all(), (label, share)  # both values in every class
+    # Independent of each other and of the class: the four (wing, tail) colour pairs are about equally common.
+    pairs = (per_image[:, 0] * 2 + per_image[:, 2]).long().bincount(minlength=4).float() / len(labels)
+    assert ((pairs > 0.2) & (pairs < 0.3)).all(), pairs
+
+
 def test_class_design_needs_more_than_one_part():
-    groups = CLASS_ATTRIBUTES.reshape(8, 3, 3)  # class, part, value
+    determined = CLASS_ATTRIBUTES[:, parts.CLASS_DETERMINED]
+    groups = determined.reshape(8, 3, 3)  # class, part, value
     assert (groups.sum(-1) == 1).all()  # one value per part
-    assert (CLASS_ATTRIBUTES.sum(0) >= 2).all()  # every value shared by two classes or more
+    assert (determined.sum(0) >= 2).all()  # every value shared by two classes or more
     values = groups.argmax(-1)  # (8, 3)
     assert len({tuple(row) for row in values.tolist()}) == 8
     # No single part determines the class: each part value leaves at least two classes ...
@@ -297,7 +315,7 @@ def test_class_design_needs_more_than_one_part():
     names = parts.ATTRIBUTE_NAMES
     assert names[0] == "head_color::red" and names[4] == "wing_pattern::striped"
     assert names[6] == "tail_shape::fan"
-    for name, row in zip(parts.CLASS_NAMES, CLASS_ATTRIBUTES):
+    for name, row in zip(parts.CLASS_NAMES, determined):
         chosen = [names[j].split("::")[1] for j in row.nonzero().flatten()]
         assert name == "-".join(chosen)
 
@@ -336,6 +354,14 @@ def test_parts_look_like_their_attributes(parts_train):
     # Tail shapes: the fan is the widest tail, the pointed one the slimmest.
     fan, forked, pointed = (tail[attributes[:, 6 + k] == 1].sum((1, 2)).float().mean() for k in range(3))
     assert fan > forked > pointed
+    # Per-image colours: a grey wing is bluer than a brown one; a rufous tail redder than a dark one.
+    plain_wing = wing & ~light
+    brown, grey = (_mean_color(images[attributes[:, 9 + k] == 1], plain_wing[attributes[:, 9 + k] == 1])
+                   for k in range(2))
+    assert grey[2] > brown[2] + 0.3 and grey[2] > grey[0]
+    dark, rufous = (_mean_color(images[attributes[:, 11 + k] == 1], tail[attributes[:, 11 + k] == 1])
+                    for k in range(2))
+    assert rufous[0] > dark[0] + 0.3 and rufous[0] > rufous[2] + 0.4
 
 
 # --- Argument checks ----------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 A class is a combination of a head colour, a wing pattern and a tail shape. Every part value
 is shared by several classes and any two parts determine the class, so no single part is
 enough to classify: a model must look at (at least) two parts, which is what prototype and
-concept models are meant to show. Part masks and attribute labels are the ground truth.
+concept models are meant to show. Two more attributes, the wing colour and the tail colour,
+are drawn per image independently of the class, as individual birds of one species differ
+(CUB's attributes are per image too): a label alone does not tell them. Part masks and
+attribute labels are the ground truth.
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ SPLITS = ("train", "val", "test")
 _STREAM_OFFSET = 100
 
 PART_NAMES = ("head", "wing", "tail")
-ATTRIBUTE_GROUPS = {
+# Groups the class determines, then groups drawn per image with equal odds; each is one-hot.
+CLASS_ATTRIBUTE_GROUPS = {
     "head_color": ("red", "blue", "yellow"),
     "wing_pattern": ("plain", "striped", "spotted"),
     "tail_shape": ("fan", "forked", "pointed"),
 }
+IMAGE_ATTRIBUTE_GROUPS = {
+    "wing_color": ("brown", "grey"),
+    "tail_color": ("dark", "rufous"),
+}
+ATTRIBUTE_GROUPS = {**CLASS_ATTRIBUTE_GROUPS, **IMAGE_ATTRIBUTE_GROUPS}
 ATTRIBUTE_NAMES = tuple(f"{group}::{value}" for group, values in ATTRIBUTE_GROUPS.items()
                         for value in values)
 # (head colour, wing pattern, tail shape) of each class: every value is used by two or three
@@ -44,22 +53,37 @@ CLASS_PARTS = (
 CLASS_NAMES = tuple("-".join(parts) for parts in CLASS_PARTS)
 
 
+# Which attributes the class determines: the first 9 of 13.
+CLASS_DETERMINED = torch.tensor([group in CLASS_ATTRIBUTE_GROUPS for group, values in ATTRIBUTE_GROUPS.items()
+                                 for _ in values])
+
+
+def _one_hot_groups(values: torch.Tensor) -> torch.Tensor:
+    """``(N, G)`` value indices, one per attribute group, to ``(N, 13)`` one-hot attributes."""
+    sizes = [len(group) for group in ATTRIBUTE_GROUPS.values()]
+    return torch.cat([torch.nn.functional.one_hot(values[:, g], size).float()
+                      for g, size in enumerate(sizes)], dim=1)
+
+
 def _class_attributes() -> torch.Tensor:
-    rows = []
-    for parts in CLASS_PARTS:
-        rows.append(torch.cat([torch.tensor([float(value == part) for value in values])
-                               for part, values in zip(parts, ATTRIBUTE_GROUPS.values())]))
-    return torch.stack(rows)
+    """Each class's expected attributes: 0/1 where the class decides, 1/2 for per-image groups."""
+    class_values = torch.tensor([[values.index(part) for part, values in
+                                  zip(parts, CLASS_ATTRIBUTE_GROUPS.values())] for parts in CLASS_PARTS])
+    padded = torch.cat([class_values, torch.zeros(len(CLASS_PARTS), len(IMAGE_ATTRIBUTE_GROUPS),
+                                                  dtype=torch.long)], dim=1)
+    sizes = [len(values) for values in ATTRIBUTE_GROUPS.values()]
+    means = torch.cat([torch.full((size,), 1.0 / size) for size in sizes])
+    return torch.where(CLASS_DETERMINED, _one_hot_groups(padded), means)
 
 
-CLASS_ATTRIBUTES = _class_attributes()  # (8, 9) float32, one-hot per attribute group
+CLASS_ATTRIBUTES = _class_attributes()  # (8, 13) float32
 
 # Nominal RGB colours; each image jitters them within COLOR_JITTER per channel.
 HEAD_COLORS = {"red": (0.85, 0.12, 0.12), "blue": (0.15, 0.3, 0.9), "yellow": (0.95, 0.85, 0.15)}
 BODY_COLOR = (0.8, 0.78, 0.72)
-WING_COLOR = (0.42, 0.32, 0.24)
+WING_COLORS = {"brown": (0.42, 0.3, 0.18), "grey": (0.55, 0.58, 0.64)}
 WING_PATTERN_COLOR = (0.96, 0.94, 0.86)
-TAIL_COLOR = (0.32, 0.28, 0.26)
+TAIL_COLORS = {"dark": (0.32, 0.28, 0.26), "rufous": (0.78, 0.4, 0.16)}
 BEAK_COLOR = (0.25, 0.22, 0.2)
 EYE_COLOR = (0.05, 0.05, 0.05)
 COLOR_JITTER = 0.04
@@ -104,8 +128,11 @@ class PartsData(ImageSet):
         part_masks: ``(N, 3, H, W)`` bool, the visible pixels of each part in ``part_names``
             order; the parts are disjoint.
         body_masks: ``(N, H, W)`` bool, the whole bird, parts included.
-        attributes: ``(N, 9)`` float32 0/1, the attributes of each image's class.
-        class_attributes: ``(8, 9)`` float32 0/1, the attributes of each class.
+        attributes: ``(N, 13)`` float32 0/1, the attributes of each image: the 9 its class
+            determines, then wing and tail colour, drawn per image.
+        class_attributes: ``(8, 13)`` float32, each class's expected attributes: 0/1 for the
+            attributes the class determines, 1/2 for those drawn per image.
+        class_determined: ``(13,)`` bool, which attributes the class determines.
         class_names: names such as ``"red-striped-forked"``.
         part_names: ``("head", "wing", "tail")``.
         attribute_names: names such as ``"head_color::red"``.
@@ -119,6 +146,7 @@ class PartsData(ImageSet):
     body_masks: torch.Tensor
     attributes: torch.Tensor
     class_attributes: torch.Tensor
+    class_determined: torch.Tensor
     class_names: tuple[str, ...]
     part_names: tuple[str, ...]
     attribute_names: tuple[str, ...]
@@ -133,10 +161,11 @@ class PartsData(ImageSet):
 def make_parts(n: int, *, split: str = "train", image_size: int = 64, seed: int = 0) -> PartsData:
     """Generate the Parts set: 8 bird classes that differ only by their parts.
 
-    A class is a head colour, a wing pattern and a tail shape (``CLASS_PARTS``). Every bird has the same body (one colour, small brightness jitter), a head with eye and
-    beak at the front, a wing on the body and a tail at the back; position, scale (+-15 %),
-    facing direction and part colours (within a narrow band) vary per image, on the textured
-    background of the Shapes set. Each (seed, split) pair has its own random stream, so the
+    A class is a head colour, a wing pattern and a tail shape (``CLASS_PARTS``). Every bird has
+    the same body (one colour, small brightness jitter), a head with eye and beak at the front,
+    a wing on the body and a tail at the back; position, scale (+-15 %), facing direction, wing
+    colour (brown or grey) and tail colour (dark or rufous) vary per image, and part colours
+    jitter within a narrow band, on the textured background of the Shapes set. Each (seed, split) pair has its own random stream, so the
     same arguments give bit-identical data.
 
     Args:
@@ -160,7 +189,8 @@ def make_parts(n: int, *, split: str = "train", image_size: int = 64, seed: int 
     labels = birds["labels"]
     return PartsData(
         images=images, labels=labels, part_masks=part_masks, body_masks=region_maps > 0,
-        attributes=CLASS_ATTRIBUTES[labels], class_attributes=CLASS_ATTRIBUTES.clone(),
+        attributes=_one_hot_groups(birds["attribute_values"]), class_attributes=CLASS_ATTRIBUTES.clone(),
+        class_determined=CLASS_DETERMINED.clone(),
         class_names=CLASS_NAMES, part_names=PART_NAMES, attribute_names=ATTRIBUTE_NAMES,
         split=split, seed=seed)
 
@@ -175,8 +205,10 @@ def _sample_birds(n: int, generator: torch.Generator, image_size: int) -> dict:
     """Draw every random choice of ``n`` birds, as a dict of tensors."""
     labels = (torch.arange(n) % len(CLASS_NAMES))[torch.randperm(n, generator=generator)]
     part_values = torch.tensor([[values.index(part) for part, values in
-                                 zip(parts, ATTRIBUTE_GROUPS.values())] for parts in CLASS_PARTS])
+                                 zip(parts, CLASS_ATTRIBUTE_GROUPS.values())] for parts in CLASS_PARTS])
     head_value, wing_value, tail_value = part_values[labels].unbind(1)
+    wing_color_value, tail_color_value = (torch.randint(0, len(values), (n,), generator=generator)
+                                    for values in IMAGE_ATTRIBUTE_GROUPS.values())
     unit = _render.uniform(generator, n, *SCALE_RANGE) * (image_size / 64)
     margin = 2 * image_size / 64
     reach = torch.stack([BIRD_REACH[0] * unit, BIRD_REACH[1] * unit], dim=1) + margin
@@ -185,6 +217,7 @@ def _sample_birds(n: int, generator: torch.Generator, image_size: int) -> dict:
     body_brightness = _render.uniform(generator, (n, 1), *BODY_BRIGHTNESS)
     return {
         "labels": labels,
+        "attribute_values": torch.stack([head_value, wing_value, tail_value, wing_color_value, tail_color_value], 1),
         "wing_pattern": wing_value,
         "tail_shape": tail_value,
         "center": center,
@@ -193,9 +226,9 @@ def _sample_birds(n: int, generator: torch.Generator, image_size: int) -> dict:
         "pattern_phase": torch.rand(n, 2, generator=generator),
         "body_color": (torch.tensor(BODY_COLOR) * body_brightness).clamp(0.0, 1.0),
         "head_color": _jittered(head_colors, n, generator),
-        "wing_color": _jittered(WING_COLOR, n, generator),
+        "wing_color": _jittered(torch.tensor(list(WING_COLORS.values()))[wing_color_value], n, generator),
         "pattern_color": _jittered(WING_PATTERN_COLOR, n, generator),
-        "tail_color": _jittered(TAIL_COLOR, n, generator),
+        "tail_color": _jittered(torch.tensor(list(TAIL_COLORS.values()))[tail_color_value], n, generator),
         "beak_color": _jittered(BEAK_COLOR, n, generator),
         "eye_color": _jittered(EYE_COLOR, n, generator),
         "background": _render.sample_background(n, generator, image_size),

@@ -85,6 +85,41 @@ class ConceptBottleneck(nn.Module):
         Returns:
             label logits (B, num_classes), on x's device.
         """
+        true_concepts, predicted = self._true_and_predicted(x, true_concepts)
+        mask = concept_mask(which, self.num_concepts, len(x)).to(x.device)
+        return self.label_model(torch.where(mask, true_concepts, predicted))
+
+    @torch.no_grad()
+    def intervention_curve(self, x: torch.Tensor, true_concepts: torch.Tensor, order) -> torch.Tensor:
+        """Label logits after correcting the first n concepts of ``order``, for n = 0, ..., len(order).
+
+        Row n equals ``intervene(x, true_concepts, order[:n])``; g runs once for all rows.
+
+        Args:
+            x: images (B, C, H, W).
+            true_concepts: (B, k) concept values in [0, 1].
+            order: distinct concept indices in [0, k), corrected in this order.
+
+        Returns:
+            label logits (len(order) + 1, B, num_classes), on x's device.
+        """
+        order = torch.as_tensor(list(order) if isinstance(order, (list, tuple, range)) else order)
+        check_tensor("order", order, ndim=1, integral=True)
+        if len(set(order.tolist())) != len(order):
+            raise ValueError(f"order must not repeat a concept, got {order.tolist()}")
+        k = self.num_concepts
+        if len(order) and (int(order.min()) < 0 or int(order.max()) >= k):
+            raise ValueError(f"order must hold concept indices in [0, {k}), got {order.tolist()}")
+        true_concepts, predicted = self._true_and_predicted(x, true_concepts)
+        # masks[n, j]: concept j is among the first n of order (concepts not in order never are).
+        rank = torch.full((k,), len(order) + 1)
+        rank[order] = torch.arange(len(order))
+        masks = rank[None, :] < torch.arange(len(order) + 1)[:, None]
+        masks = masks.to(x.device)[:, None, :]
+        return self.label_model(torch.where(masks, true_concepts, predicted))
+
+    def _true_and_predicted(self, x: torch.Tensor, true_concepts: torch.Tensor):
+        """Checked true concepts (B, k) as float32 on x's device, and sigma(g(x)) (B, k) in eval mode."""
         check_tensor("x", x, ndim=4, floating=True)
         check_tensor("true_concepts", true_concepts, ndim=2)
         k = self.num_concepts
@@ -95,12 +130,10 @@ class ConceptBottleneck(nn.Module):
         if not bool(((true_concepts >= 0) & (true_concepts <= 1)).all()):
             raise ValueError("true_concepts must hold values in [0, 1], got values from "
                              f"{float(true_concepts.min())} to {float(true_concepts.max())}")
-        mask = concept_mask(which, k, len(x)).to(x.device)
         was_training = self.training
         self.eval()
         try:
-            predicted = torch.sigmoid(self.concept_logits(x))
-            return self.label_model(torch.where(mask, true_concepts, predicted))
+            return true_concepts, torch.sigmoid(self.concept_logits(x))
         finally:
             self.train(was_training)
 
