@@ -13,7 +13,7 @@ from xnn_lab.cam import CAM, GradCAM, GradCAMPlusPlus, find_gap_head, normalize,
 from xnn_lab.models import SmallCNN
 
 EXPLAINERS = (CAM, GradCAM, GradCAMPlusPlus)
-
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def small_cnn(seed=0, classes=5):
@@ -325,3 +325,29 @@ def test_retrain_gap_head_trains_only_a_new_head_on_frozen_features():
     expected = model.classifier(features(x).mean(dim=(2, 3)))
     torch.testing.assert_close(model(x), expected)
     assert CAM(model, "features")(x[:2]).shape == (2, 16, 16)
+
+
+@CUDA
+@pytest.mark.parametrize("explainer", EXPLAINERS)
+def test_cuda_maps_equal_the_cpu_maps_and_stay_on_the_device(explainer):
+    model, x = small_cnn(), images(4, 32)
+    expected = explainer(model, "features")(x, "all")
+    maps = explainer(model.cuda(), "features")(x.cuda(), "all")
+    assert maps.device.type == "cuda"
+    torch.testing.assert_close(maps.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+@CUDA
+def test_a_thousand_cuda_calls_leave_no_hooks_and_no_gpu_memory_growth():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).cuda().eval()
+    x = torch.rand(4, 3, 64, 64, device="cuda")
+    explainers = [GradCAM(model, "layer4"), GradCAMPlusPlus(model, "layer3"), CAM(model, "layer4")]
+    for i in range(30):
+        explainers[i % 3](x, "all" if i % 2 else None)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for i in range(1000):
+        explainers[i % 3](x, "all" if i % 2 else None)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    assert hooks_of(model) == [] and all(p.grad is None for p in model.parameters())

@@ -135,21 +135,16 @@ def _eval_mode(model: nn.Module):
             module.training = training
 
 
-def _interpolation_matrix(source: int, target: int, like: torch.Tensor) -> torch.Tensor:
-    """(source, target) weights of 1-D linear interpolation (``align_corners=False``), as PyTorch computes them."""
-    identity = torch.eye(source, dtype=like.dtype, device=like.device)[:, None, :]
-    return F.interpolate(identity, size=target, mode="linear", align_corners=False)[:, 0]
-
-
 def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resizing (``align_corners=False``) of (..., h, w) maps to ``size``.
+    """Bilinear resizing (``align_corners=False``) of (B, T, h, w) maps to (B, T, *size).
 
-    Bilinear interpolation is separable, so it is two matrix products, R_h^T M R_w; on a CPU this
-    is many times faster than ``F.interpolate`` when there are many maps (all classes).
+    The maps are resized in channels-last memory order, where PyTorch's kernel writes the T values
+    of each output pixel together: with many targets (all classes) this runs at the speed of
+    writing the output, which is most of the cost. The result keeps that order in memory, (B, H,
+    W, T); ``.contiguous()`` gives (B, T, H, W) order at the cost of one copy.
     """
-    rows = _interpolation_matrix(maps.shape[-2], size[0], maps)
-    cols = _interpolation_matrix(maps.shape[-1], size[1], maps)
-    return rows.T @ maps @ cols
+    return F.interpolate(maps.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                         align_corners=False)
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -268,7 +263,7 @@ class BaseCAM:
         for chunk in self._target_chunks(activations, targets.shape[1]):
             gradients = self._gradients(scores, activations, targets[:, chunk], last=chunk.stop >= targets.shape[1])
             weights.append(self.channel_weights(activations.detach(), gradients, targets[:, chunk]))
-        weights = torch.cat(weights, dim=1)
+        weights = weights[0] if len(weights) == 1 else torch.cat(weights, dim=1)  # one chunk: no copy
         maps = F.relu(torch.einsum("btk,bkhw->bthw", weights, activations.detach()))
         return _upsample(maps, tuple(x.shape[-2:])), targets, scores.detach()
 
