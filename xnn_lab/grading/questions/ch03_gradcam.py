@@ -1,0 +1,117 @@
+"""Graded questions of ``solutions/03_gradcam.ipynb``: Grad-CAM weights and maps, deletion curves, rank correlation.
+
+References: the Grad-CAM weights are computed here independently of hooks, by splitting the
+``nn.Sequential`` at the layer and differentiating the second half with autograd (xnn_lab exposes
+the maps, not the weights); the maps come from :class:`xnn_lab.cam.GradCAM`, the curves from
+:func:`xnn_lab.metrics.deletion_curve`, the correlations from :func:`xnn_lab.metrics.rank_correlation`,
+and the CAM / Grad-CAM ratio from both explainers on the zoo's ``shapes_cnn``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from xnn_lab.grading.question import Question, allclose_compare
+from xnn_lab.grading.questions._random import generator, module, randint
+
+
+def _plain_cnn(channels: int, classes: int, size: int) -> nn.Sequential:
+    """Conv blocks and a flatten + linear head (no GAP, so the gradients vary over the map)."""
+    return nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * (size // 2) ** 2, classes))
+
+
+def _gradcam_inputs(seed: int) -> list[tuple]:
+    g = generator(seed)
+    trials = []
+    for i, (batch, channels, size, layer) in enumerate([(2, 3, 8, "3"), (3, 1, 12, "6"), (1, 3, 10, "1")]):
+        classes = randint(g, 2, 6)
+        model = module(lambda: _plain_cnn(channels, classes, size), seed * 10 + i)
+        x = torch.randn(batch, channels, size, size, generator=g, dtype=torch.float64)
+        trials.append((model, layer, x, torch.randint(0, classes, (batch,), generator=g)))
+    return trials
+
+
+def gradcam_weights_reference(model, layer, x, target):
+    r"""alpha_k^c = mean_ij dy^c/dA^k_ij, by running the Sequential in two halves around ``layer``."""
+    names = [name for name, _ in model.named_children()]
+    split = names.index(layer) + 1
+    with torch.enable_grad():
+        activations = model[:split](x).detach().requires_grad_(True)
+        scores = model[split:](activations)
+        (gradients,) = torch.autograd.grad(scores.gather(1, target[:, None]).sum(), activations)
+    return gradients.mean(dim=(2, 3))
+
+
+def gradcam_reference(model, layer, x, target):
+    """:class:`xnn_lab.cam.GradCAM` at ``layer``."""
+    from xnn_lab.cam import GradCAM
+
+    return GradCAM(model, layer)(x, target)
+
+
+def deletion_reference(model, images, maps, target, steps, baseline):
+    """:func:`xnn_lab.metrics.deletion_curve` (maps without ties, so the tie order plays no part)."""
+    from xnn_lab.metrics import deletion_curve
+
+    return deletion_curve(model, images, maps, target, steps=steps, baseline=baseline)
+
+
+def deletion_inputs(seed: int) -> list[tuple]:
+    g = generator(seed)
+    trials = []
+    for i, (batch, channels, size, steps) in enumerate([(2, 3, 8, 4), (3, 1, 12, 5), (1, 3, 10, 7)]):
+        classes = randint(g, 2, 6)
+        model = module(lambda: _plain_cnn(channels, classes, size), seed * 10 + i)
+        images = torch.rand(batch, channels, size, size, generator=g, dtype=torch.float64)
+        maps = torch.rand(batch, size, size, generator=g, dtype=torch.float64)
+        trials.append((model, images, maps, torch.randint(0, classes, (batch,), generator=g), steps,
+                       float(torch.rand((), generator=g))))
+    return trials
+
+
+def rank_correlation_reference(first, second):
+    """:func:`xnn_lab.metrics.rank_correlation`."""
+    from xnn_lab.metrics import rank_correlation
+
+    return rank_correlation(first, second)
+
+
+def rank_correlation_inputs(seed: int) -> list[tuple]:
+    g = generator(seed)
+    trials = []
+    for batch, height, width in [(3, 4, 4), (5, 8, 6), (2, 3, 7)]:
+        first = torch.rand(batch, height, width, generator=g, dtype=torch.float64)
+        second = first + 0.5 * torch.rand(batch, height, width, generator=g, dtype=torch.float64)
+        second[-1] = torch.rand(height, width, generator=g, dtype=torch.float64)
+        trials.append((first, second))
+    return trials
+
+
+@functools.lru_cache(maxsize=1)
+def cam_over_gradcam_reference() -> float:
+    """Median of CAM / Grad-CAM where Grad-CAM > 0, zoo ``shapes_cnn``, layer ``features``, ``make_shapes(16, split="test", seed=1)``."""
+    from xnn_lab import zoo
+    from xnn_lab.cam import CAM, GradCAM
+    from xnn_lab.data import make_shapes
+
+    model = zoo.load("shapes_cnn", device="cpu")
+    x = make_shapes(16, split="test", seed=1).images
+    cam, grad_cam = CAM(model, "features")(x), GradCAM(model, "features")(x)
+    positive = grad_cam > 1e-6 * grad_cam.amax()
+    return (cam[positive] / grad_cam[positive]).median().item()
+
+
+QUESTIONS = (
+    Question("gradcam_weights", 2, "gradcam_weights", gradcam_weights_reference, _gradcam_inputs),
+    Question("gradcam", 2, "gradcam", gradcam_reference, _gradcam_inputs),
+    Question("deletion_curve", 1, "deletion_curve", deletion_reference, deletion_inputs),
+    Question("rank_correlation", 1, "rank_correlation", rank_correlation_reference, rank_correlation_inputs),
+    # The ratio is Z = h w exactly in theory; float32 maps give it to about 1e-5.
+    Question("cam_over_gradcam", 1, "cam_over_gradcam", cam_over_gradcam_reference,
+             compare=functools.partial(allclose_compare, rtol=1e-3)),
+)
