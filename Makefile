@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NOTEBOOKS := $(sort $(wildcard book/[0-9]*.ipynb))
 
-.PHONY: all venv book test gpu-check wheels clean
+.PHONY: all venv book book-check test gpu-check bench wheels clean
 
 all: test
 
@@ -19,26 +19,45 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Executes every chapter in full mode; any execution error or Sphinx warning fails the build.
+# MPLBACKEND must not reach the kernels: it would replace their inline backend (no figures).
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	env -u MPLBACKEND $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
-# Unit tests, every notebook through nbval in quick mode, and the book's structure (tests/test_book.py).
+# The full book, as `make book` built it, opened in headless Chromium (tests/test_browser.py).
+book-check: book
+	XNN_LAB_BOOK_HTML=_build/html $(PY) -m pytest tests/test_browser.py -q
+
+# Unit tests; the book built once with every chapter executed in quick mode and opened in
+# headless Chromium (tests/test_browser.py); the solution notebooks through nbval.
 test: $(STAMP)
-	XNN_LAB_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests book solutions --nbval-lax --nbval-current-env
+	XNN_LAB_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests solutions --nbval-lax --nbval-current-env
 
-# Every chapter in full mode on a GPU, timed, then the zoo checked. On a machine without the
-# network, run `make wheels` where there is one, carry .wheels/, and use GPU_PY=python3.
+# The CUDA tests; the benchmarks, saved as records in $(RECORDS) for the Performance page; the zoo
+# checked; every chapter in full mode on a GPU, timed. On a machine without the network that has PyTorch,
+# carry the wheels of `make wheels` (captum, pure Python), install them, and use GPU_PY=python3.
 GPU_PY ?= $(PY)
+RECORDS ?= benchmarks
+BENCH = $(GPU_PY) -m xnn_lab.cli bench
+CUDA_TESTS = $(shell grep -l "def test_.*cuda" tests/test_*.py)
 gpu-check:
-	@if [ "$(GPU_PY)" = "$(PY)" ]; then $(MAKE) --no-print-directory venv; \
-	else $(GPU_PY) -m pip install --quiet --no-index --find-links .wheels -e . --no-build-isolation; fi
-	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda $(NOTEBOOKS)
+	@if [ "$(GPU_PY)" = "$(PY)" ]; then $(MAKE) --no-print-directory venv; fi
+	$(GPU_PY) -m pytest -q -rs -k cuda $(CUDA_TESTS)
+	$(BENCH) cam --model resnet50 --batch-size 64 --image-size 224 --json $(RECORDS)/cam-gpu.json
+	$(BENCH) influence --json $(RECORDS)/influence-gpu.json
+	$(BENCH) protopnet --json $(RECORDS)/protopnet-gpu.json
 	$(GPU_PY) -m xnn_lab.cli zoo check
-	$(GPU_PY) -m xnn_lab.cli bench cam --model resnet50 --batch-size 64 --image-size 224
+	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda $(NOTEBOOKS)
 
-# Wheels of the package's dependencies except torch/torchvision (which a GPU machine has).
+# The same benchmarks on this machine's CPU, then the Performance page from every record.
+bench: $(STAMP)
+	$(PY) -m xnn_lab.cli bench cam --device cpu --json $(RECORDS)/cam-cpu.json
+	$(PY) -m xnn_lab.cli bench influence --device cpu --json $(RECORDS)/influence-cpu.json
+	$(PY) -m xnn_lab.cli bench protopnet --device cpu --json $(RECORDS)/protopnet-cpu.json
+	$(PY) -m xnn_lab.cli performance $(RECORDS) --output book/performance.md
+
+# Wheels of what a GPU machine with PyTorch lacks (captum), for `make gpu-check` there.
 wheels: $(STAMP)
-	$(PY) -m pip download --quiet -d .wheels scipy scikit-learn tqdm safetensors captum setuptools wheel
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .wheels captum
 
 clean:
 	rm -rf _build .pytest_cache .wheels

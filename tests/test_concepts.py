@@ -215,7 +215,7 @@ def test_train_bottleneck_refuses_bad_arguments(parts):
 
 
 @CUDA
-def test_intervention_stays_on_the_input_device(parts):
+def test_intervention_stays_on_the_cuda_device(parts):
     model = _bottleneck().cuda()
     out = model.intervene(parts.images[:3].cuda(), parts.attributes[:3].cuda(), [0, 1])
     assert out.device.type == "cuda"

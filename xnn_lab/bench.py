@@ -1,4 +1,4 @@
-"""Speed of the class-activation-map code, measured against its floor and against captum.
+"""Benchmarks: each prints times and ratios measured in one run, and returns them.
 
 ``bench_cam`` times, in one run on the same model and batch (each repeat runs every method
 once, in turn, so that drifts of the machine hit all alike; each method's best round counts):
@@ -8,6 +8,9 @@ once, in turn, so that drifts of the machine hit all alike; each method's best r
 - :class:`xnn_lab.cam.GradCAM`, and captum's ``LayerGradCam`` with the same upsampling;
 - :class:`xnn_lab.cam.CAM` for one class and for all classes;
 - deletion and insertion (:mod:`xnn_lab.metrics`) against the model's forward-only throughput.
+
+``bench_influence`` times exact influence on the digits against captum's, and
+``bench_protopnet`` a ProtoPNet's push against one training epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from xnn_lab._runtime import device as default_device
 from xnn_lab.cam import CAM, GradCAM
 from xnn_lab.metrics import deletion_curve, insertion_curve
 
-__all__ = ["bench_cam"]
+__all__ = ["bench_cam", "bench_influence", "bench_protopnet"]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -101,7 +104,9 @@ def bench_cam(model: str | nn.Module = "resnet18", *, layer: str = "layer4", bat
 
     Returns:
         images per second of each method (``"floor"``, ``"xnn_lab"``, ``"captum"``,
-        ``"cam_one"``, ``"cam_all"``, ``"forward"``, ``"deletion"``, ``"insertion"``) and the
+        ``"cam_one"``, ``"cam_all"``, ``"maps_all"`` (allocating and filling a tensor the size of
+        the all-class maps: the part of ``"cam_all"`` no method can avoid), ``"forward"``,
+        ``"deletion"``, ``"insertion"``) and the
         ratios printed (``"xnn_lab/floor"``, ``"xnn_lab/captum"``, ``"cam_all/cam_one time"``,
         ``"deletion/forward"``, ``"insertion/forward"``).
     """
@@ -139,6 +144,7 @@ def bench_cam(model: str | nn.Module = "resnet18", *, layer: str = "layer4", bat
         "captum": lambda: captum(x, target),
         "cam_one": lambda: cam(x, target),
         "cam_all": lambda: cam(x, "all"),
+        "maps_all": lambda: torch.empty((batch_size, scores.shape[1], image_size, image_size), device=device).fill_(1.0),
         "forward": forward,
         "deletion": lambda: deletion_curve(model, x, maps, target, steps=steps, batch_size=batch_size),
         "insertion": lambda: insertion_curve(model, x, maps, target, steps=steps, batch_size=batch_size),
@@ -164,6 +170,7 @@ def bench_cam(model: str | nn.Module = "resnet18", *, layer: str = "layer4", bat
         ("CAM, one class", "cam_one", ""),
         (f"CAM, all {classes} classes", "cam_all",
          f"{rate['cam_all/cam_one time']:.2f}x the time of one class (target <= 2)"),
+        (f"  its output alone: a new {classes}-map tensor, filled", "maps_all", ""),
         ("forward only, no grad", "forward", ""),
         (f"deletion, {steps} steps per image", "deletion", f"{rate['deletion/forward']:.2f}x forward (target >= 0.5)"),
         (f"insertion, {steps} steps per image", "insertion",
@@ -172,3 +179,161 @@ def bench_cam(model: str | nn.Module = "resnet18", *, layer: str = "layer4", bat
     for label, key, note in rows:
         print(f"  {label:58s}{rate[key]:10.1f} img/s  {note}".rstrip())
     return rate
+
+
+def bench_protopnet(n: int = 1024, *, image_size: int = 64, backbone: str = "small_cnn",
+                    widths: tuple[int, ...] = (16, 32, 64), prototypes_per_class: int = 10, prototype_dim: int = 64,
+                    batch_size: int = 64, repeats: int = 3, device: torch.device | str | None = None,
+                    seed: int = 0) -> dict[str, float]:
+    """Time one joint-training epoch and one push of a ProtoPNet over the same Parts training set.
+
+    Both run on the same model, data (held on ``device``) and device; each round runs both in
+    turn and each time is the best of ``repeats`` rounds (after one warm-up round). The issue's
+    target: a push over the whole training set costs no more than one training epoch.
+
+    Args:
+        n: Parts training images.
+        image_size: their side, a multiple of 16 in [32, 256].
+        backbone: ``"small_cnn"`` (a :class:`xnn_lab.models.SmallCNN` with ``widths``) or a
+            torchvision classifier name (random weights, e.g. ``"resnet18"``).
+        widths: channel widths of the SmallCNN backbone.
+        prototypes_per_class, prototype_dim: m and D of the ProtoPNet (8 classes).
+        batch_size: images per step, in training and in the push.
+        repeats: timed rounds.
+        device: where to run; ``xnn_lab.device()`` by default.
+        seed: seeds the data and the weights.
+
+    Returns:
+        ``{"epoch_s", "push_s", "push/epoch"}``: seconds of one epoch, of one push, and their ratio.
+    """
+    from xnn_lab.data import make_parts
+    from xnn_lab.models import SmallCNN
+    from xnn_lab.models.protopnet import ProtoPNet, backbone_features
+    from xnn_lab.protopnet_training import train_stage
+    from xnn_lab.prototypes import push_prototypes
+
+    n = check_int("n", n, minimum=8)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    repeats = check_int("repeats", repeats, minimum=1)
+    device = torch.device(device) if device is not None else default_device()
+    parts = make_parts(n, image_size=image_size, seed=seed)
+    torch.manual_seed(seed)
+    if backbone == "small_cnn":
+        name, features = "SmallCNN", SmallCNN(8, widths=tuple(widths)).features
+    elif isinstance(backbone, str) and hasattr(torchvision.models, backbone):
+        name, features = backbone, backbone_features(getattr(torchvision.models, backbone)(weights=None))
+    else:
+        raise ValueError(f"backbone must be 'small_cnn' or a torchvision classifier name, got {backbone!r}")
+    model = ProtoPNet(features, 8, prototypes_per_class=prototypes_per_class, prototype_dim=prototype_dim).to(device)
+    data = (parts.images.to(device), parts.labels.to(device))
+    seconds = _best_seconds({
+        "epoch_s": lambda: train_stage(model, data, "joint", epochs=1, batch_size=batch_size, seed=seed,
+                                       device=device),
+        "push_s": lambda: push_prototypes(model, data, batch_size=batch_size, device=device),
+    }, repeats, device)
+    seconds["push/epoch"] = seconds["push_s"] / seconds["epoch_s"]
+    where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    print(f"bench protopnet: {name} backbone on {where}, {n} Parts training images, {image_size}x{image_size}, "
+          f"{model.num_prototypes} prototypes of dimension {prototype_dim}, batch {batch_size}, "
+          f"best of {repeats} rounds")
+    print(f"  one joint-training epoch   {seconds['epoch_s']:9.3f} s")
+    print(f"  one push over the same set {seconds['push_s']:9.3f} s")
+    print(f"  push / epoch: {seconds['push/epoch']:.3f} (target <= 1)")
+    return seconds
+
+
+def _digits(split: str, classes: tuple[int, ...] | None, device: torch.device):
+    """Digits of a split as float64 (X, y); with two ``classes``, y is 1.0 for the second."""
+    from xnn_lab.data import load_digits
+
+    data = load_digits(split)
+    if classes is None:
+        return data.X.double().to(device), data.y.to(device)
+    keep = (data.y == classes[0]) | (data.y == classes[1])
+    return data.X[keep].double().to(device), (data.y[keep] == classes[1]).double().to(device)
+
+
+def bench_influence(*, weight_decay: float = 0.01, hidden: int = 16, repeats: int = 3,
+                    device: torch.device | str | None = None, seed: int = 0) -> dict[str, float]:
+    """Time exact influence of every training point on every test point, and print it.
+
+    Three models on scikit-learn's digits, each trained to its optimum first (not timed): the
+    chapter's logistic regression (1 against 7), a softmax regression on all ten digits, and a
+    tanh MLP 64-``hidden``-1 on 1 against 7 (all its parameters; exact and conjugate gradients).
+    captum's ``NaiveInfluenceFunction`` runs on the logistic regression for comparison (on the
+    CPU, where captum keeps its data).
+
+    Args:
+        weight_decay: lambda of the L2 term, as in chapter 8.
+        hidden: hidden width of the MLP.
+        repeats: timed rounds, after one warm-up; each time is the best round.
+        device: where to run; ``xnn_lab.device()`` by default.
+        seed: seeds the MLP's initial weights.
+
+    Returns:
+        seconds and sizes: ``"logreg_exact_s"``, ``"logreg_pairs"``, ``"softmax_exact_s"``,
+        ``"softmax_pairs"``, ``"network_exact_s"``, ``"network_cg_s"``, ``"network_parameters"``,
+        ``"captum_naive_s"`` and ``"captum/xnn_lab time"``.
+    """
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from captum.influence import NaiveInfluenceFunction
+    from torch.utils.data import TensorDataset
+
+    from xnn_lab.influence import influence, train_to_optimum
+
+    repeats = check_int("repeats", repeats, minimum=1)
+    hidden = check_int("hidden", hidden, minimum=1)
+    device = torch.device(device) if device is not None else default_device()
+    binary = nn.BCEWithLogitsLoss(reduction="none")
+    multiclass = nn.CrossEntropyLoss(reduction="none")
+    train, test = _digits("train", (1, 7), device), _digits("test", (1, 7), device)
+    all_train, all_test = _digits("train", None, device), _digits("test", None, device)
+
+    logreg = nn.Sequential(nn.Linear(64, 1), nn.Flatten(0)).double().to(device)
+    train_to_optimum(logreg, binary, train, weight_decay)
+    softmax = nn.Linear(64, 10).double().to(device)
+    train_to_optimum(softmax, multiclass, all_train, weight_decay, solver="lbfgs")
+    torch.manual_seed(seed)
+    network = nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 1), nn.Flatten(0)).double().to(device)
+    train_to_optimum(network, binary, train, weight_decay, solver="lbfgs")
+
+    cpu = lambda data: tuple(t.cpu() for t in data)
+    logreg_cpu = copy.deepcopy(logreg).cpu()
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = str(Path(folder) / "logreg.pt")
+        torch.save(logreg_cpu.state_dict(), checkpoint)
+        naive = NaiveInfluenceFunction(logreg_cpu, TensorDataset(*cpu(train)), checkpoint, loss_fn=binary,
+                                       batch_size=len(train[0]), projection_dim=65,
+                                       hessian_reg=len(train[0]) * weight_decay, hessian_inverse_tol=1e-12)
+        seconds = _best_seconds({
+            "logreg_exact_s": lambda: influence(logreg, binary, train, test, weight_decay, method="exact"),
+            "softmax_exact_s": lambda: influence(softmax, multiclass, all_train, all_test, weight_decay,
+                                                 method="exact"),
+            "network_exact_s": lambda: influence(network, binary, train, test, weight_decay, method="exact"),
+            "network_cg_s": lambda: influence(network, binary, train, test, weight_decay, method="cg"),
+            "captum_naive_s": lambda: naive.influence(cpu(test)),
+        }, repeats, device)
+    result = dict(seconds)
+    result.update({
+        "logreg_pairs": len(train[0]) * len(test[0]),
+        "softmax_pairs": len(all_train[0]) * len(all_test[0]),
+        "network_parameters": sum(p.numel() for p in network.parameters()),
+        "captum/xnn_lab time": seconds["captum_naive_s"] / seconds["logreg_exact_s"],
+    })
+    where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    print(f"bench influence: digits, float64, lambda {weight_decay}, on {where}, best of {repeats} rounds")
+    rows = [
+        (f"logistic regression 1 vs 7, {result['logreg_pairs']:.0f} pairs, exact", "logreg_exact_s",
+         "(target < 1 s on CPU)"),
+        (f"softmax regression, 10 digits, {result['softmax_pairs']:.0f} pairs, exact", "softmax_exact_s", ""),
+        (f"MLP 64-{hidden}-1, {result['network_parameters']:.0f} parameters, exact", "network_exact_s", ""),
+        (f"MLP 64-{hidden}-1, conjugate gradients", "network_cg_s", ""),
+        ("captum NaiveInfluenceFunction, logistic regression", "captum_naive_s",
+         f"{result['captum/xnn_lab time']:.1f}x the time of xnn_lab"),
+    ]
+    for label, key, note in rows:
+        print(f"  {label:58s}{result[key]:10.3f} s  {note}".rstrip())
+    return result

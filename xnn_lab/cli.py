@@ -1,4 +1,5 @@
-"""The ``xnn-lab`` command: ``zoo list|train|check``, ``chapters`` and ``bench cam``."""
+"""The ``xnn-lab`` command: ``zoo list|train|check``, ``chapters``, ``bench``, ``performance``, ``grade`` and
+``exercises``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import sys
 
 import torch
+
+from xnn_lab.grading.cli import add_parsers as add_grading_parsers
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -48,11 +51,41 @@ def _chapters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from xnn_lab.bench import bench_cam
+# The benchmarks of ``xnn-lab bench`` and the command-line settings each one takes.
+BENCHMARKS = {
+    "cam": ("bench_cam", ("model", "layer", "batch_size", "image_size", "num_classes", "steps")),
+    "influence": ("bench_influence", ()),
+    "protopnet": ("bench_protopnet", ("n", "image_size", "backbone", "batch_size")),
+}
 
-    bench_cam(args.model, layer=args.layer, batch_size=args.batch_size, image_size=args.image_size,
-              num_classes=args.num_classes, steps=args.steps, repeats=args.repeats, device=args.device)
+
+def _bench(args: argparse.Namespace) -> int:
+    import inspect
+
+    from xnn_lab import bench
+    from xnn_lab._runtime import device
+    from xnn_lab.performance import save_record
+
+    function_name, names = BENCHMARKS[args.what]
+    function = getattr(bench, function_name)
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    results = function(**given, repeats=args.repeats, device=args.device)
+    if args.json:
+        defaults = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+                    if name in names}
+        save_record(args.json, args.what, {**defaults, **given}, results, args.device or device())
+        print(f"record written to {args.json}")
+    return 0
+
+
+def _performance(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xnn_lab.performance import load_records, render_page
+
+    records = load_records(args.records)
+    Path(args.output).write_text(render_page(records))
+    print(f"{args.output}: {len(records)} records")
     return 0
 
 
@@ -74,16 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     chapters_parser.set_defaults(run=_chapters)
 
     bench_parser = sub.add_parser("bench", help="time methods against their floor and peer libraries")
-    bench_parser.add_argument("what", choices=["cam"])
-    bench_parser.add_argument("--model", default="resnet18", help="torchvision classifier, random weights")
-    bench_parser.add_argument("--layer", default="layer4")
-    bench_parser.add_argument("--batch-size", type=int, default=8)
-    bench_parser.add_argument("--image-size", type=int, default=112)
-    bench_parser.add_argument("--num-classes", type=int, default=1000)
-    bench_parser.add_argument("--steps", type=int, default=8)
-    bench_parser.add_argument("--repeats", type=int, default=5)
-    bench_parser.add_argument("--device", default=None)
+    bench_parser.add_argument("what", choices=sorted(BENCHMARKS))
+    bench_parser.add_argument("--model", help="cam: torchvision classifier, random weights (default resnet18)")
+    bench_parser.add_argument("--layer", help="cam: layer to explain (default layer4)")
+    bench_parser.add_argument("--backbone", help="protopnet: small_cnn or a torchvision classifier")
+    bench_parser.add_argument("--n", type=int, help="protopnet: training images")
+    bench_parser.add_argument("--batch-size", type=int)
+    bench_parser.add_argument("--image-size", type=int)
+    bench_parser.add_argument("--num-classes", type=int, help="cam: classes of the model")
+    bench_parser.add_argument("--steps", type=int, help="cam: deletion/insertion steps")
+    bench_parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best counts")
+    bench_parser.add_argument("--device", default=None, help="default: CUDA when present")
+    bench_parser.add_argument("--json", default=None, metavar="FILE",
+                              help="also save the results, settings, date and hardware as a record")
     bench_parser.set_defaults(run=_bench)
+
+    performance_parser = sub.add_parser("performance", help="write the book's Performance page from bench records")
+    performance_parser.add_argument("records", nargs="?", default="benchmarks", help="folder of records")
+    performance_parser.add_argument("--output", default="book/performance.md")
+    performance_parser.set_defaults(run=_performance)
+
+    add_grading_parsers(sub)
 
     args = parser.parse_args(argv)
     return args.run(args)
