@@ -69,3 +69,8 @@ def test_committed_page_is_generated_from_the_committed_records():
     assert {r["benchmark"] for r in records} == set(TABLES)
     assert (ROOT / "book" / "performance.md").read_text() == render_page(records), (
         "book/performance.md is stale: run `xnn-lab performance`")
+
+
+def test_cli_bench_refuses_options_of_other_benchmarks(capsys):
+    assert main(["bench", "influence", "--model", "resnet18", "--n", "8"]) == 2
+    assert "bench influence does not take --model, --n" in capsys.readouterr().err

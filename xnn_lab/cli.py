@@ -67,6 +67,12 @@ def _bench(args: argparse.Namespace) -> int:
     from xnn_lab.performance import save_record
 
     function_name, names = BENCHMARKS[args.what]
+    others = {name for _, options in BENCHMARKS.values() for name in options} - set(names)
+    stray = sorted(name for name in others if getattr(args, name) is not None)
+    if stray:
+        options = ", ".join("--" + name.replace("_", "-") for name in stray)
+        print(f"error: bench {args.what} does not take {options}", file=sys.stderr)
+        return 2
     function = getattr(bench, function_name)
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     results = function(**given, repeats=args.repeats, device=args.device)
