@@ -33,12 +33,14 @@ test: $(STAMP)
 	XNN_LAB_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests solutions --nbval-lax --nbval-current-env
 
 # The CUDA tests; the benchmarks, saved as records in $(RECORDS) for the Performance page; the zoo
-# checked; every chapter in full mode on a GPU, timed. On a machine without the network that has PyTorch,
-# carry the wheels of `make wheels` (captum, pure Python), install them, and use GPU_PY=python3.
+# checked; every chapter in full mode on a GPU, timed, CHAPTER_JOBS at a time (each in its own process).
+# On a machine without the network that has PyTorch, carry the wheels of `make wheels` (captum, pure
+# Python), install them, and use GPU_PY=python3.
 GPU_PY ?= $(PY)
 RECORDS ?= benchmarks
 BENCH = $(GPU_PY) -m xnn_lab.cli bench
 CUDA_TESTS = $(shell grep -l "def test_.*cuda" tests/test_*.py)
+CHAPTER_JOBS ?= 8
 gpu-check:
 	@if [ "$(GPU_PY)" = "$(PY)" ]; then $(MAKE) --no-print-directory venv; fi
 	$(GPU_PY) -m pytest -q -rs -k cuda $(CUDA_TESTS)
@@ -46,7 +48,7 @@ gpu-check:
 	$(BENCH) influence --json $(RECORDS)/influence-gpu.json
 	$(BENCH) protopnet --json $(RECORDS)/protopnet-gpu.json
 	$(GPU_PY) -m xnn_lab.cli zoo check
-	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda $(NOTEBOOKS)
+	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda --jobs $(CHAPTER_JOBS) $(NOTEBOOKS)
 
 # The same benchmarks on this machine's CPU, then the Performance page from every record.
 bench: $(STAMP)

@@ -1,7 +1,10 @@
 import json
+import os
+
+import pytest
 
 from xnn_lab import zoo
-from xnn_lab.chapters import chapter_source, run_chapter
+from xnn_lab.chapters import chapter_source, run_chapter, run_chapters
 from xnn_lab.cli import main
 
 
@@ -29,3 +32,30 @@ def test_chapters_runs_code_cells_as_a_script(tmp_path, capsys):
     assert (tmp_path / "ran.txt").read_text() == "1"
     assert main(["chapters", "--quick", str(path)]) == 0
     assert "01_demo.ipynb" in capsys.readouterr().out
+
+
+def _write_notebook(path, *sources):
+    cells = [{"cell_type": "code", "source": source} for source in sources]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return str(path)
+
+
+def test_chapters_in_parallel_run_each_in_its_own_process_and_report_failures(tmp_path, capsys):
+    good = _write_notebook(tmp_path / "01_good.ipynb",
+                           "import os\nopen('good.txt', 'w').write(os.environ['XNN_LAB_QUICK'] + ' ' + str(os.getpid()))")
+    bad = _write_notebook(tmp_path / "02_bad.ipynb", "raise RuntimeError('chapter two is broken')")
+    assert main(["chapters", "--jobs", "2", good, bad]) == 1
+    captured = capsys.readouterr()
+    assert "01_good.ipynb" in captured.out and "ok" in captured.out
+    assert "02_bad.ipynb" in captured.out and "FAILED" in captured.out
+    assert "chapter two is broken" in captured.err and "1 chapter(s) failed" in captured.err
+    quick_flag, pid = (tmp_path / "good.txt").read_text().split()
+    assert quick_flag == "0" and int(pid) != os.getpid()
+
+
+def test_chapters_refuse_a_job_count_below_one(tmp_path, capsys):
+    good = _write_notebook(tmp_path / "01_good.ipynb", "x = 1")
+    assert main(["chapters", "--jobs", "0", good]) == 2
+    assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="jobs"):
+        list(run_chapters([good], jobs=0))

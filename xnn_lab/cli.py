@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -36,18 +37,27 @@ def _zoo(args: argparse.Namespace) -> int:
 
 def _chapters(args: argparse.Namespace) -> int:
     from xnn_lab._runtime import device
-    from xnn_lab.chapters import run_chapter
+    from xnn_lab.chapters import run_chapters
 
     print(f"device: {device()}" + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
     if args.require_cuda and not torch.cuda.is_available():
         print("error: --require-cuda given but CUDA is not available", file=sys.stderr)
         return 1
-    total = 0.0
-    for path in args.notebooks:
-        seconds = run_chapter(path, quick=args.quick)
-        total += seconds
-        print(f"{path}: {seconds:.1f} s ({'quick' if args.quick else 'full'} mode)", flush=True)
-    print(f"all chapters: {total:.1f} s")
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    failed = []
+    for run in run_chapters(args.notebooks, quick=args.quick, jobs=args.jobs):
+        status = "ok" if run.error is None else "FAILED"
+        print(f"{run.path}: {run.seconds:.1f} s ({'quick' if args.quick else 'full'} mode) {status}", flush=True)
+        if run.error is not None:
+            failed.append(run.path)
+            print(run.error, file=sys.stderr)
+    print(f"all chapters: {time.perf_counter() - start:.1f} s wall, {args.jobs} at a time")
+    if failed:
+        print(f"error: {len(failed)} chapter(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     chapters_parser.add_argument("notebooks", nargs="+")
     chapters_parser.add_argument("--quick", action="store_true", help="quick mode (XNN_LAB_QUICK=1)")
     chapters_parser.add_argument("--require-cuda", action="store_true", help="fail when no GPU is visible")
+    chapters_parser.add_argument("--jobs", type=int, default=1,
+                                 help="chapters run at once, each in its own process (default 1: in this one)")
     chapters_parser.set_defaults(run=_chapters)
 
     bench_parser = sub.add_parser("bench", help="time methods against their floor and peer libraries")
