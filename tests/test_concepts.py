@@ -217,8 +217,12 @@ def test_train_bottleneck_refuses_bad_arguments(parts):
 @CUDA
 def test_intervention_stays_on_the_cuda_device(parts):
     model = _bottleneck().cuda()
-    out = model.intervene(parts.images[:3].cuda(), parts.attributes[:3].cuda(), [0, 1])
-    assert out.device.type == "cuda"
+    x, c = parts.images[:3].cuda(), parts.attributes[:3].cuda()
+    assert model.intervene(x, c, [0, 1]).device.type == "cuda"
+    order = torch.tensor([2, 0, 1], device="cuda")  # a CUDA order indexes the curve's CPU bookkeeping
+    curve = model.intervention_curve(x, c, order)
+    assert curve.device.type == "cuda"
+    torch.testing.assert_close(curve[2], model.intervene(x, c, [2, 0]))
 
 
 def test_intervention_curve_row_n_is_intervene_on_the_first_n(parts):

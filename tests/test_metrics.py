@@ -50,6 +50,9 @@ def test_mass_in_mask_errors_name_arguments():
         mass_in_mask(torch.rand(4, 4), torch.ones(4, 4, dtype=torch.bool))
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 def _classifier(seed=0, classes=3):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
@@ -208,6 +211,36 @@ def test_sanity_check_randomises_layers_in_cascade_on_a_copy():
     assert all(torch.allclose(r, torch.ones(4)) for r in constant.values())
     with pytest.raises(ValueError, match="layers: 'head' is not a submodule"):
         randomization_sanity_check(model, gradient_map, images, layers=["head"])
+
+
+def _weights_seen_by_the_sanity_check(model, images, seed):
+    """The last layer's weight in the randomised copy, as the explainer saw it."""
+    seen = []
+
+    def recorder(m, x, target):
+        seen.append(m[5].weight.detach().cpu().clone())
+        return x.mean(1)
+
+    randomization_sanity_check(model, recorder, images, layers=["5"], seed=seed)
+    return seen[1]
+
+
+def test_sanity_check_weights_follow_the_seed_alone_and_leave_the_global_generator():
+    model, images = _classifier(), torch.rand(2, 3, 8, 8)
+    state = torch.get_rng_state()
+    drawn = _weights_seen_by_the_sanity_check(model, images, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)  # the layer's own initialisation, re-run by hand with the first step's seed
+    expected = nn.Linear(16, 3)
+    assert torch.equal(drawn, expected.weight.detach())
+
+
+@CUDA
+def test_sanity_check_draws_the_same_weights_on_cuda_as_on_the_cpu():
+    model, images = _classifier(), torch.rand(2, 3, 8, 8)
+    on_cpu = _weights_seen_by_the_sanity_check(model, images, seed=3)
+    on_cuda = _weights_seen_by_the_sanity_check(model.cuda(), images.cuda(), seed=3)
+    assert torch.equal(on_cpu, on_cuda)
 
 
 def test_baseline_maps():

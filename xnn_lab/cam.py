@@ -502,7 +502,7 @@ def retrain_gap_head(features: nn.Module, train, val=None, *, num_classes: int |
         num_classes = int(labels.max()) + 1
     num_classes = check_int("num_classes", num_classes, minimum=2)
     with torch.random.fork_rng(devices=[]):  # the new head's initial weights depend on the seed only
-        torch.manual_seed(check_int("seed", seed, minimum=0))
+        torch.default_generator.manual_seed(check_int("seed", seed, minimum=0))
         classifier = nn.Linear(pooled.shape[1], num_classes)
     history = fit(classifier, (pooled, labels), val_pooled, epochs=epochs, lr=lr, batch_size=batch_size,
                   weight_decay=weight_decay, seed=seed, device=device, progress=progress)

@@ -292,12 +292,18 @@ def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 
 def _randomize(module: nn.Module, generator_seed: int) -> None:
-    """Re-draw every parameter of ``module`` (and its submodules) from its initialisation."""
+    """Re-draw every parameter of ``module`` (and its submodules) from its initialisation.
+
+    The draw is made on a CPU copy and copied back, so one seed gives the same weights on every
+    device (a CUDA module would draw from CUDA's own generator); no global generator changes.
+    """
+    fresh = copy.deepcopy(module).cpu()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator_seed)
-        for sub in module.modules():
+        torch.default_generator.manual_seed(generator_seed)
+        for sub in fresh.modules():
             if hasattr(sub, "reset_parameters"):  # batch norm's also resets its running statistics
                 sub.reset_parameters()
+    module.load_state_dict(fresh.state_dict())
 
 
 def randomization_sanity_check(model: nn.Module, explain, x: torch.Tensor, target=None, *,

@@ -110,6 +110,7 @@ class ConceptBottleneck(nn.Module):
         k = self.num_concepts
         if len(order) and (int(order.min()) < 0 or int(order.max()) >= k):
             raise ValueError(f"order must hold concept indices in [0, {k}), got {order.tolist()}")
+        order = order.cpu()  # it indexes the CPU tensor rank below
         true_concepts, predicted = self._true_and_predicted(x, true_concepts)
         # masks[n, j]: concept j is among the first n of order (concepts not in order never are).
         rank = torch.full((k,), len(order) + 1)
