@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from xnn_lab import zoo
 from xnn_lab.chapters import chapter_source, run_chapter, run_chapters
@@ -17,6 +18,19 @@ def test_zoo_list_names_every_model(capsys):
 def test_zoo_check_reports_each_metric(capsys):
     assert main(["zoo", "check", "cancer_mlp"]) == 0
     assert "cancer_mlp: ok test_accuracy" in capsys.readouterr().out
+
+
+def test_a_chapter_that_changes_the_thread_count_does_not_change_it_for_the_next(tmp_path):
+    path = tmp_path / "04_one_thread.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "import torch\ntorch.set_num_threads(1)"}],
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_chapter(path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_chapters_runs_code_cells_as_a_script(tmp_path, capsys):

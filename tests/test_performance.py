@@ -64,6 +64,35 @@ def test_cli_bench_writes_a_record_that_the_page_shows(tmp_path, capsys):
     assert f"{record['results']['xnn_lab/floor']:.2f}" in page.read_text()
 
 
+def test_cli_chapters_writes_a_record_with_one_row_per_chapter(tmp_path, capsys):
+    paths = []
+    for stem, source in (("01_first", "x = sum(range(10))"), ("02_second", "import time\ntime.sleep(0.2)")):
+        path = tmp_path / f"{stem}.ipynb"
+        path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": source}], "metadata": {},
+                                    "nbformat": 4, "nbformat_minor": 5}))
+        paths.append(str(path))
+    out = tmp_path / "records" / "chapters-cpu.json"
+    assert main(["chapters", "--quick", *paths, "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "chapters" and record["settings"] == {"mode": "quick", "jobs": 1}
+    results = record["results"]
+    assert set(results) == {"01_first", "02_second", "all (wall)"}
+    assert results["02_second"] >= 0.2 and results["all (wall)"] >= results["01_first"] + results["02_second"]
+    page = render_page(load_records(out.parent)).splitlines()
+    labels = [line.split(" | ")[0] for line in page if ": seconds |" in line]
+    assert labels == ["| 01_first: seconds", "| 02_second: seconds", "| all (wall): seconds"]
+    assert f"| 02_second: seconds | {results['02_second']:.1f} |  |" in page
+
+
+def test_a_failed_chapter_writes_no_record(tmp_path, capsys):
+    path = tmp_path / "01_broken.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "1 / 0"}], "metadata": {},
+                                "nbformat": 4, "nbformat_minor": 5}))
+    out = tmp_path / "chapters.json"
+    assert main(["chapters", "--jobs", "2", str(path), "--json", str(out)]) == 1
+    assert not out.exists() and "ZeroDivisionError" in capsys.readouterr().err
+
+
 def test_committed_page_is_generated_from_the_committed_records():
     records = load_records(ROOT / "benchmarks")
     assert {r["benchmark"] for r in records} == set(TABLES)

@@ -26,28 +26,42 @@ def chapter_source(path: Path | str) -> str:
 
 
 def run_chapter(path: Path | str, *, quick: bool = False) -> float:
-    """Execute a chapter's code in a fresh namespace, in its own folder; return the seconds taken."""
+    """Execute a chapter's code in a fresh namespace, in its own folder; return the seconds taken.
+
+    The working folder, open figures and PyTorch's thread count are restored afterwards, so a
+    chapter that sets them (chapter 4 runs on one thread) does not slow the next one down.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
     path = Path(path).resolve()
     code = compile(chapter_source(path), str(path), "exec")
     os.environ["XNN_LAB_QUICK"] = "1" if quick else "0"
     os.environ.setdefault("MPLBACKEND", "Agg")
-    cwd = Path.cwd()
+    cwd, threads = Path.cwd(), torch.get_num_threads()
     os.chdir(path.parent)
     start = time.perf_counter()
     try:
         exec(code, {"__name__": "__main__", "__file__": str(path)})
     finally:
         os.chdir(cwd)
-        import matplotlib.pyplot as plt
-
+        torch.set_num_threads(threads)
         plt.close("all")
     return time.perf_counter() - start
 
 
 class ChapterRun(NamedTuple):
+    """One chapter's run, as ``run_chapters`` yields it.
+
+    Attributes:
+        path: the notebook, as given.
+        seconds: wall-clock seconds it took.
+        error: the end of the chapter's output when it failed, else None.
+    """
+
     path: str
     seconds: float
-    error: str | None  # the end of the chapter's output when it failed, else None
+    error: str | None
 
 
 def _run_in_subprocess(path: str, quick: bool, threads: int) -> ChapterRun:

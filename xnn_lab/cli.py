@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,17 +48,27 @@ def _chapters(args: argparse.Namespace) -> int:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    failed = []
+    runs = []
     for run in run_chapters(args.notebooks, quick=args.quick, jobs=args.jobs):
+        runs.append(run)
         status = "ok" if run.error is None else "FAILED"
         print(f"{run.path}: {run.seconds:.1f} s ({'quick' if args.quick else 'full'} mode) {status}", flush=True)
         if run.error is not None:
-            failed.append(run.path)
             print(run.error, file=sys.stderr)
-    print(f"all chapters: {time.perf_counter() - start:.1f} s wall, {args.jobs} at a time")
+    wall = time.perf_counter() - start
+    print(f"all chapters: {wall:.1f} s wall, {args.jobs} at a time")
+    failed = [run.path for run in runs if run.error is not None]
     if failed:
         print(f"error: {len(failed)} chapter(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    if args.json:
+        from xnn_lab.performance import save_record
+
+        results = {Path(run.path).stem: run.seconds for run in runs}
+        results["all (wall)"] = wall
+        settings = {"mode": "quick" if args.quick else "full", "jobs": args.jobs}
+        save_record(args.json, "chapters", settings, results, device())
+        print(f"record written to {args.json}")
     return 0
 
 
@@ -95,8 +106,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _performance(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from xnn_lab.performance import load_records, render_page
 
     records = load_records(args.records)
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     chapters_parser.add_argument("--require-cuda", action="store_true", help="fail when no GPU is visible")
     chapters_parser.add_argument("--jobs", type=int, default=1,
                                  help="chapters run at once, each in its own process (default 1: in this one)")
+    chapters_parser.add_argument("--json", default=None, metavar="FILE",
+                                 help="also save the timings, mode, date and hardware as a record")
     chapters_parser.set_defaults(run=_chapters)
 
     bench_parser = sub.add_parser("bench", help="time methods against their floor and peer libraries")

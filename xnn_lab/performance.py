@@ -19,7 +19,8 @@ import torch
 __all__ = ["TABLES", "hardware", "load_records", "render_page", "save_record"]
 
 # What the page shows of each benchmark: (result key, row label, format, target). Keys a record
-# lacks show as "n/a", so records written before a key was added still render.
+# lacks show as "n/a", so records written before a key was added still render. A table whose rows
+# are None shows every result key of its records, as seconds (the chapters: one row per chapter).
 TABLES: dict[str, dict] = {
     "cam": {
         "title": "Grad-CAM and CAM (`xnn-lab bench cam`)",
@@ -67,6 +68,15 @@ TABLES: dict[str, dict] = {
             ("push_s", "one push: seconds", "{:.3f}", ""),
             ("push/epoch", "push / epoch time", "{:.2f}", "<= 1"),
         ],
+    },
+    "chapters": {
+        "title": "Chapters (`xnn-lab chapters`)",
+        "about": "Each chapter's code run as a script in the mode named in the settings: seconds from its first "
+                 "cell to its last, training included. With jobs 1 the chapters ran one after another in one "
+                 "process (only the first paid for importing PyTorch); with more, that many at a time, each in a "
+                 "new process of its own (imports included), sharing the machine. Targets: at most 90 s per "
+                 "chapter in quick mode on a laptop CPU; about a minute per chapter in full mode on one GPU.",
+        "rows": None,
     },
 }
 
@@ -120,7 +130,8 @@ def _settings(record: dict) -> str:
 def render_page(records: list[dict]) -> str:
     """The Performance page (MyST markdown) for ``records``."""
     lines = ["# Performance", "",
-             "Every figure below was measured by `xnn-lab bench ... --json FILE` and turned into this page by "
+             "Every figure below was measured by `xnn-lab bench ... --json FILE` (or `xnn-lab chapters ... --json "
+             "FILE`) and turned into this page by "
              "`xnn-lab performance`; nothing here is typed by hand. `make bench` records the benchmarks on "
              "this machine's CPU, `make gpu-check` on a GPU. Each column is one run on one machine, named with "
              "its date; ratios come from times measured in the same run. The CPU runs are on the project's "
@@ -137,7 +148,9 @@ def render_page(records: list[dict]) -> str:
         lines.append("| | " + " | ".join(_machine(r) for r in chosen) + " | target |")
         lines.append("| --- " * (len(chosen) + 2) + "|")
         lines.append("| settings | " + " | ".join(_settings(r) for r in chosen) + " | |")
-        for key, label, fmt, target in table["rows"]:
+        rows = table["rows"] or [(key, f"{key}: seconds", "{:.1f}", "")
+                                 for key in sorted({key for r in chosen for key in r["results"]})]
+        for key, label, fmt, target in rows:
             values = [fmt.format(r["results"][key]) if key in r["results"] else "n/a" for r in chosen]
             lines.append(f"| {label} | " + " | ".join(values) + f" | {target} |")
         lines.append("")
