@@ -75,8 +75,9 @@ def _run_in_subprocess(path: str, quick: bool, threads: int) -> ChapterRun:
 
 
 def run_chapters(paths: list[str], *, quick: bool = False, jobs: int = 1) -> Iterator[ChapterRun]:
-    """Run chapters, ``jobs`` at a time, each in its own interpreter with ``cpu_count // jobs`` threads;
-    yield each run as it finishes. With ``jobs=1`` they run one after another in this process."""
+    """Run chapters, ``jobs`` at a time, each in its own interpreter with ``cpu_count // jobs`` threads
+    (its time includes starting it); yield the runs in the order of ``paths``. With ``jobs=1`` they run
+    one after another in this process, and the first failure raises."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     if jobs == 1:
