@@ -73,7 +73,7 @@ TABLES: dict[str, dict] = {
         "title": "Chapters (`xnn-lab chapters`)",
         "about": "Each chapter's code run as a script in the mode named in the settings: seconds from its first "
                  "cell to its last, training included. With jobs 1 the chapters ran one after another in one "
-                 "process (only the first paid for importing PyTorch); with more, that many at a time, each in a "
+                 "process (only the first paid for importing the libraries they share); with more, that many at a time, each in a "
                  "new process of its own (imports included), sharing the machine. Targets: at most 90 s per "
                  "chapter in quick mode on a laptop CPU; about a minute per chapter in full mode on one GPU.",
         "rows": None,
