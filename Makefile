@@ -48,7 +48,7 @@ gpu-check:
 	$(BENCH) influence --json $(RECORDS)/influence-gpu.json
 	$(BENCH) protopnet --json $(RECORDS)/protopnet-gpu.json
 	$(GPU_PY) -m xnn_lab.cli zoo check
-	$(GPU_PY) -m xnn_lab.cli chapters --require-cuda --jobs $(CHAPTER_JOBS) $(NOTEBOOKS) --json $(RECORDS)/chapters-gpu.json
+	$(GPU_PY) tools/chapters.py --require-cuda --jobs $(CHAPTER_JOBS) $(NOTEBOOKS) --json $(RECORDS)/chapters-gpu.json
 
 # The same benchmarks on this machine's CPU, every chapter timed in quick and in full mode (about
 # 15 minutes on 2 cores), then the Performance page from every record.
@@ -56,9 +56,9 @@ bench: $(STAMP)
 	$(PY) -m xnn_lab.cli bench cam --device cpu --json $(RECORDS)/cam-cpu.json
 	$(PY) -m xnn_lab.cli bench influence --device cpu --json $(RECORDS)/influence-cpu.json
 	$(PY) -m xnn_lab.cli bench protopnet --device cpu --json $(RECORDS)/protopnet-cpu.json
-	CUDA_VISIBLE_DEVICES= $(PY) -m xnn_lab.cli chapters --quick $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu-quick.json
-	CUDA_VISIBLE_DEVICES= $(PY) -m xnn_lab.cli chapters $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu.json
-	$(PY) -m xnn_lab.cli performance $(RECORDS) --output book/performance.md
+	CUDA_VISIBLE_DEVICES= $(PY) tools/chapters.py --quick $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu-quick.json
+	CUDA_VISIBLE_DEVICES= $(PY) tools/chapters.py $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu.json
+	$(PY) tools/performance.py $(RECORDS) --output book/performance.md
 
 # Wheels of what a GPU machine with PyTorch lacks (captum), for `make gpu-check` there.
 wheels: $(STAMP)

@@ -1,10 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
 
 matplotlib.use("Agg")
+# The repository tooling (tools/) is not installed with the package; its tests import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XNN_LAB_QUICK", "1")
 
 

@@ -1,4 +1,5 @@
-"""ICE / partial dependence against brute force and scikit-learn; grid segments for captum."""
+"""ICE / partial dependence against brute force and scikit-learn; grid segments for captum; captum's
+methods through CaptumExplainer against captum called directly."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.inspection import partial_dependence as sklearn_partial_dependence
 from sklearn.linear_model import LogisticRegression
 
-from xnn_lab.agnostic import grid_segments, ice_curves, partial_dependence
+from xnn_lab.agnostic import CaptumExplainer, grid_segments, ice_curves, partial_dependence
 from xnn_lab.data.tabular import load_breast_cancer, load_digits
+from xnn_lab.models import MLP, SmallCNN
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -149,3 +151,62 @@ def test_runs_on_cuda(digits):
     _, cpu_curves = ice_curves(net.cpu(), digits, 21, grid.cpu(), target=1)
     torch.testing.assert_close(curves.cpu(), cpu_curves, rtol=1e-4, atol=1e-5)
     assert grid_segments(8, 8, 4, device="cuda").is_cuda
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return SmallCNN(3, widths=(4, 8)).eval()
+
+
+def test_captum_explainer_gives_captums_attributions_summed_over_channels():
+    from captum.attr import IntegratedGradients, Saliency
+
+    model, x = _cnn(), torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 2, 1])
+    for method in (Saliency(model), IntegratedGradients(model)):
+        expected = method.attribute(x, target=target).sum(1)
+        maps = CaptumExplainer(method)(x, target)
+        assert maps.shape == (3, 12, 12)
+        torch.testing.assert_close(maps, expected)
+    with torch.no_grad():  # gradients are on inside, whatever the caller's mode
+        predicted = model(x).argmax(1)
+        torch.testing.assert_close(CaptumExplainer(Saliency(model))(x), Saliency(model).attribute(
+            x.clone(), target=predicted).sum(1))
+
+
+def test_captum_explainer_seeds_sampling_methods_and_leaves_the_global_generator():
+    from captum.attr import Lime
+
+    model, x = _cnn(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cells = grid_segments(8, 8, 4)
+    lime = CaptumExplainer(Lime(model), per_image=True, seed=3, feature_mask=cells, n_samples=20, baselines=0.5)
+    state = torch.get_rng_state()
+    first, second = lime(x, 1), lime(x, 1)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(first, second)
+    # each image is explained as if alone: the batch gives what one call per image gives
+    torch.testing.assert_close(first[1:], lime(x[1:], 1))
+
+
+def test_captum_explainer_returns_tabular_attributions_as_they_are():
+    from captum.attr import FeatureAblation
+
+    torch.manual_seed(0)
+    model = MLP(5, hidden=(8,), out_features=3).eval()
+    rows = torch.randn(4, 5)
+    attributions = CaptumExplainer(FeatureAblation(model))(rows, 2)
+    torch.testing.assert_close(attributions, FeatureAblation(model).attribute(rows, target=2))
+
+
+def test_captum_explainer_errors_name_the_argument():
+    from captum.attr import Saliency
+
+    model = _cnn()
+    with pytest.raises(TypeError, match="method must be a captum attribution object"):
+        CaptumExplainer(model)
+    with pytest.raises(TypeError, match="method must be built on an nn.Module"):
+        CaptumExplainer(Saliency(lambda x: x))
+    with pytest.raises(ValueError, match=r"target must hold classes in \[0, 3\)"):
+        CaptumExplainer(Saliency(model))(torch.rand(1, 3, 8, 8), 5)
+    with pytest.raises(ValueError, match=r"target must have one class per input \(2\)"):
+        CaptumExplainer(Saliency(model))(torch.rand(2, 3, 8, 8), torch.tensor([0]))

@@ -90,6 +90,11 @@ def _documented():
             listed = [name.strip() for name in members.group(1).split(",") if name.strip()] if members else []
             if members and not listed:
                 whole.add(target)
+                # A package face autodoc'd whole documents every name of its __all__, where it is defined.
+                for public in getattr(importlib.import_module(target), "__all__", []):
+                    obj = getattr(importlib.import_module(target), public)
+                    if inspect.isfunction(obj) or inspect.isclass(obj):
+                        named.setdefault(obj.__module__, set()).add(obj.__name__)
             named.setdefault(target, set()).update(listed)
             continue
         module_name, _, name = target.rpartition(".")

@@ -8,7 +8,7 @@ import torchvision
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from xnn_lab import cam as cam_module
+from xnn_lab.cam import base as cam_module
 from xnn_lab.cam import CAM, GradCAM, GradCAMPlusPlus, find_gap_head, normalize, retrain_gap_head
 from xnn_lab.models import SmallCNN
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from xnn_lab import zoo
-from xnn_lab.chapters import chapter_source, run_chapter, run_chapters
+from tools import chapters
+from tools.chapters import chapter_source, run_chapter, run_chapters
 from xnn_lab.cli import main
 
 
@@ -44,7 +45,7 @@ def test_chapters_runs_code_cells_as_a_script(tmp_path, capsys):
     assert "%matplotlib" not in chapter_source(path)
     assert run_chapter(path, quick=True) >= 0
     assert (tmp_path / "ran.txt").read_text() == "1"
-    assert main(["chapters", "--quick", str(path)]) == 0
+    assert chapters.main(["--quick", str(path)]) == 0
     assert "01_demo.ipynb" in capsys.readouterr().out
 
 
@@ -58,7 +59,7 @@ def test_chapters_in_parallel_run_each_in_its_own_process_and_report_failures(tm
     good = _write_notebook(tmp_path / "01_good.ipynb",
                            "import os\nopen('good.txt', 'w').write(os.environ['XNN_LAB_QUICK'] + ' ' + str(os.getpid()))")
     bad = _write_notebook(tmp_path / "02_bad.ipynb", "raise RuntimeError('chapter two is broken')")
-    assert main(["chapters", "--jobs", "2", good, bad]) == 1
+    assert chapters.main(["--jobs", "2", good, bad]) == 1
     captured = capsys.readouterr()
     assert "01_good.ipynb" in captured.out and "ok" in captured.out
     assert "02_bad.ipynb" in captured.out and "FAILED" in captured.out
@@ -69,7 +70,7 @@ def test_chapters_in_parallel_run_each_in_its_own_process_and_report_failures(tm
 
 def test_chapters_refuse_a_job_count_below_one(tmp_path, capsys):
     good = _write_notebook(tmp_path / "01_good.ipynb", "x = 1")
-    assert main(["chapters", "--jobs", "0", good]) == 2
+    assert chapters.main(["--jobs", "0", good]) == 2
     assert "--jobs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="jobs"):
         list(run_chapters([good], jobs=0))

@@ -1,6 +1,7 @@
 """Concept bottlenecks, the multitask CNN and TED: the joint loss against its formula by hand, the
-training order of independent and sequential bottlenecks, interventions, TED's (y, e) coding, and
-the errors of bad input."""
+training order of independent and sequential bottlenecks, interventions, TED's (y, e) coding,
+``explain``'s named results, the model state every public function gives back, and the errors of
+bad input."""
 
 import copy
 import math
@@ -9,20 +10,24 @@ import pytest
 import torch
 from torch import nn
 
-from xnn_lab.data import make_parts
-from xnn_lab.data.parts import ATTRIBUTE_NAMES
-from xnn_lab.models.concepts import (
+import xnn_lab.concepts
+from tests._state import assert_state_kept, mix_states, public_api_taking_a_model, snapshot
+from xnn_lab import fit
+from xnn_lab.concepts import (
     ConceptBottleneck,
+    ConceptExplanation,
     JointLoss,
     MultitaskCNN,
-    StackedOutputs,
     TEDClassifier,
+    TEDExplanation,
     decode_ted,
     encode_ted,
+    joint_objective,
     joint_targets,
     train_bottleneck,
 )
-from xnn_lab.train import fit
+from xnn_lab.data import make_parts
+from xnn_lab.data.parts import ATTRIBUTE_NAMES
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 WIDTHS = (4, 8)
@@ -112,6 +117,56 @@ def test_joint_training_lowers_the_joint_loss_and_trains_g_and_f_together(parts)
         assert not torch.equal(next(old.parameters()), next(new.parameters()))
 
 
+def test_train_bottleneck_is_seeded_and_leaves_the_global_generator_alone(parts):
+    def run(seed):
+        model = _bottleneck()
+        state = torch.get_rng_state()
+        train_bottleneck(model, parts.images, parts.labels, parts.attributes, mode="joint", epochs=1, batch_size=8,
+                         seed=seed, device=torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), state)
+        return model.concept_model.classifier.weight.detach().clone()
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_joint_history_records_both_parts_of_the_loss(parts):
+    lam = 0.3
+    history = train_bottleneck(_bottleneck(), parts.images, parts.labels, parts.attributes, mode="joint",
+                               concept_weight=lam, epochs=2, lr=1e-2, batch_size=8, device=torch.device("cpu"))
+    joint = history["joint"]
+    assert len(joint["label"]) == len(joint["concepts"]) == 2
+    for total, label, concepts in zip(joint.train_loss, joint["label"], joint["concepts"]):
+        assert total == pytest.approx(label + lam * concepts, rel=1e-6)
+        assert label > 0 and concepts > 0
+
+
+def test_joint_objective_is_the_joint_loss_on_both_heads(parts):
+    torch.manual_seed(0)
+    x, targets = parts.images[:6], joint_targets(parts.labels[:6], parts.attributes[:6])
+    for model in (ConceptBottleneck(8, K, widths=WIDTHS).eval(), MultitaskCNN(8, K, widths=WIDTHS).eval()):
+        step = joint_objective(model, 0.7)(x, targets)
+        explanation = model.explain(x)
+        stacked = torch.cat([explanation.logits, explanation.concept_logits], dim=1)
+        torch.testing.assert_close(step.loss, JointLoss(8, 0.7)(stacked, targets))
+        torch.testing.assert_close(step.logits, model(x))
+        torch.testing.assert_close(step.loss, step.terms["label"] + 0.7 * step.terms["concepts"])
+    with pytest.raises(TypeError, match="model"):
+        joint_objective(nn.Linear(2, 2))
+
+
+def test_multitask_training_runs_on_fit_with_the_joint_objective(parts):
+    torch.manual_seed(0)
+    model = MultitaskCNN(8, K, widths=WIDTHS)
+    start = copy.deepcopy(model)
+    data = (parts.images, joint_targets(parts.labels, parts.attributes))
+    history = fit(model, data, objective=joint_objective(model), epochs=3, lr=1e-2, batch_size=8,
+                  device=torch.device("cpu"))
+    assert history["concepts"][-1] < history["concepts"][0]
+    for old, new in zip(start.parameters(), model.parameters()):
+        assert not torch.equal(old, new)
+
+
 def test_intervention_with_all_true_concepts_is_f_of_the_true_concepts(parts):
     model = _bottleneck(label_hidden=(6,)).eval()
     x, c = parts.images[:6], parts.attributes[:6]
@@ -138,6 +193,19 @@ def test_intervention_restores_train_mode(parts):
     assert model.training
 
 
+def test_interventions_run_in_eval_mode_and_give_every_module_its_mode_back(parts):
+    model = mix_states(_bottleneck(label_hidden=(5,)))
+    x, c = parts.images[:5], parts.attributes[:5]
+    expected = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = expected.label_model(torch.where(torch.arange(K) < 3, c, torch.sigmoid(expected.concept_logits(x))))
+    before = snapshot(model)
+    torch.testing.assert_close(model.intervene(x, c, [0, 1, 2]), reference)
+    assert_state_kept(model, before)
+    torch.testing.assert_close(model.intervention_curve(x, c, [0, 1, 2])[-1], reference)
+    assert_state_kept(model, before)
+
+
 @pytest.mark.parametrize("concepts, message", [
     (torch.zeros(3, K - 1), rf"true_concepts must have shape \(B, k\) = \(3, {K}\)"),
     (torch.zeros(2, K), r"true_concepts must have shape"),
@@ -159,16 +227,23 @@ def test_intervention_refuses_bad_concept_choices(parts, which, error):
         _bottleneck().intervene(parts.images[:3], parts.attributes[:3], which)
 
 
-def test_multitask_stacked_output_is_both_heads_on_one_trunk(parts):
+@pytest.mark.parametrize("build", [lambda: ConceptBottleneck(8, K, widths=WIDTHS, label_hidden=(6,)),
+                                   lambda: MultitaskCNN(8, K, widths=WIDTHS)])
+def test_explain_gives_the_logits_of_forward_with_the_predicted_concepts(parts, build):
     torch.manual_seed(0)
-    model = MultitaskCNN(8, K, widths=WIDTHS).eval()
+    model = build().eval()
     x = parts.images[:4]
-    with torch.no_grad():
-        stacked = model.stacked(x)
-        assert torch.allclose(stacked[:, :8], model(x), atol=1e-6)
-        assert torch.allclose(stacked[:, 8:], model.concept_logits(x), atol=1e-6)
-    with pytest.raises(TypeError, match="model"):
-        StackedOutputs(nn.Linear(2, 2))
+    explanation = model.explain(x)
+    assert isinstance(explanation, ConceptExplanation)
+    assert explanation.logits.shape == (4, 8) and explanation.concept_logits.shape == (4, K)
+    torch.testing.assert_close(explanation.logits, model(x))
+    torch.testing.assert_close(explanation.concept_logits, model.concept_logits(x))
+    torch.testing.assert_close(explanation.concepts, torch.sigmoid(model.concept_logits(x)))
+    assert explanation.logits.requires_grad  # as forward: a differentiable pass
+    if isinstance(model, ConceptBottleneck):  # the label is computed from the concepts alone
+        torch.testing.assert_close(explanation.logits, model.label_model(explanation.concepts))
+    with pytest.raises(ValueError, match="x"):
+        model.explain(x[0])
 
 
 def test_ted_coding_round_trips_every_pair():
@@ -182,13 +257,17 @@ def test_ted_coding_round_trips_every_pair():
 
 def test_ted_classifier_decodes_its_argmax(parts):
     torch.manual_seed(0)
-    model = TEDClassifier(8, 3, widths=WIDTHS)
+    model = TEDClassifier(8, 3, widths=WIDTHS).eval()
     x = parts.images[:5]
-    y, e = model.explain_predict(x)
+    explanation = model.explain(x)
+    assert isinstance(explanation, TEDExplanation)
     with torch.no_grad():
-        z = model.eval()(x).argmax(1)
-    assert torch.equal(y * 3 + e, z)
+        logits = model(x)
+    torch.testing.assert_close(explanation.logits, logits)
+    y, e = explanation.labels, explanation.explanations
+    assert torch.equal(y * 3 + e, logits.argmax(1))
     assert int(y.max()) < 8 and int(e.max()) < 3
+    assert y.dtype == e.dtype == torch.int64
 
 
 def test_ted_coding_refuses_bad_input():
@@ -240,3 +319,49 @@ def test_intervention_curve_row_n_is_intervene_on_the_first_n(parts):
 def test_intervention_curve_refuses_bad_orders(parts, order, message):
     with pytest.raises((ValueError, TypeError), match=message):
         _bottleneck().intervention_curve(parts.images[:2], parts.attributes[:2], order)
+
+
+def _forward_like(model, parts):
+    """The state a plain forward pass on parts.images[:4] leaves: batch norms in train mode update
+    their running statistics, as in any forward pass; nothing else changes."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference(parts.images[:4])
+    return snapshot(reference)
+
+
+STATE_CALLS = {
+    "train_bottleneck": lambda model, parts: [
+        train_bottleneck(model, parts.images[:8], parts.labels[:8], parts.attributes[:8], mode=mode, epochs=1,
+                         label_epochs=1, batch_size=4, device=torch.device("cpu"))
+        for mode in ("independent", "sequential", "joint")],
+    # fit's objective is one training forward pass: it must leave the model as model(x) would.
+    "joint_objective": lambda model, parts: joint_objective(model)(
+        parts.images[:4], joint_targets(parts.labels[:4], parts.attributes[:4])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CALLS))
+def test_public_functions_give_the_model_state_back(parts, name):
+    """Modes, requires_grad flags, gradients and device come back; only the trainer changes weights."""
+    for model in (_bottleneck(label_hidden=(5,)), MultitaskCNN(8, K, widths=WIDTHS)):
+        if name == "train_bottleneck" and not isinstance(model, ConceptBottleneck):
+            continue
+        mix_states(model)
+        before = _forward_like(model, parts) if name == "joint_objective" else snapshot(model)
+        STATE_CALLS[name](model, parts)
+        assert_state_kept(model, before, trains=name == "train_bottleneck")
+
+
+def test_train_bottleneck_trains_only_the_parameters_that_require_grad(parts):
+    model = mix_states(_bottleneck(label_hidden=(5,)))
+    frozen = [(p, p.detach().clone()) for p in model.parameters() if not p.requires_grad]
+    trained = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+    train_bottleneck(model, parts.images, parts.labels, parts.attributes, mode="joint", epochs=1, batch_size=8,
+                     device=torch.device("cpu"))
+    assert frozen and all(torch.equal(p, value) for p, value in frozen)
+    assert any(not torch.equal(p, value) for p, value in trained)
+
+
+def test_the_state_tests_cover_every_public_function_that_takes_a_model():
+    assert set(STATE_CALLS) == public_api_taking_a_model(xnn_lab.concepts)

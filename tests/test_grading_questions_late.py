@@ -7,7 +7,7 @@ one fixed answer cannot pass every trial; (b) the functions and values of the so
 deliberately wrong variant of each answer fails; (d) grade ids and points agree with the
 notebook's nbgrader cells. Besides: the exercise nbgrader's ClearSolutions makes of each notebook
 answers no question, and chapter 5's independent push reference agrees with
-``xnn_lab.prototypes.push_prototypes``.
+``xnn_lab.protopnet.push_prototypes``.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _wrong_residual(model, x):
 
 def _wrong_senn_loss(model, x, y, lam, xi, sparsity):
     """The sparsity term left out."""
-    from xnn_lab.senn_training import robustness_loss
+    from xnn_lab.senn import robustness_loss
     out = model.explain(x)
     total = F.cross_entropy(out.logits, y)
     if model.learns_concepts:
@@ -374,13 +374,13 @@ def test_exercise_version_answers_nothing(module):
 
 
 def test_push_reference_agrees_with_push_prototypes():
-    """ch05's independent push equals ``xnn_lab.prototypes.push_prototypes`` (float32, which it supports)."""
+    """ch05's independent push equals ``xnn_lab.protopnet.push_prototypes`` (float32, which it supports)."""
     from xnn_lab.grading.questions.ch05_protopnet import pushed_prototypes
-    from xnn_lab.prototypes import push_prototypes
+    from xnn_lab.protopnet import push_prototypes
 
     for seed in SEEDS:
         for model, images, labels in _trials("ch05_protopnet", "push", seed):
             model, images = copy.deepcopy(model).float(), images.float()
             expected = pushed_prototypes(model, images, labels)
-            push_prototypes(model, (images, labels), device=torch.device("cpu"))
+            push_prototypes(model, (images, labels))
             torch.testing.assert_close(model.prototypes[:, :, 0, 0], expected, rtol=1e-5, atol=1e-6)

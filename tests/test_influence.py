@@ -12,6 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import xnn_lab.influence
+from _state import assert_state_kept, mix_states, public_api_taking_a_model, snapshot
 from xnn_lab.data import load_digits
 from xnn_lab.influence import (EXACT_MAX_PARAMS, hessian, influence, leave_one_out, per_example_gradients,
                                self_influence, tracin, tracin_self_influence, train_to_optimum)
@@ -20,7 +22,6 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BCE = nn.BCEWithLogitsLoss(reduction="none")
 CE = nn.CrossEntropyLoss(reduction="none")
 LAMBDA = 0.05
-
 
 
 def _logistic_data(n, d, seed):
@@ -326,6 +327,79 @@ def test_non_convex_problems_are_reported():
         influence(model, CE, train, train, method="exact")
     with pytest.raises(ValueError, match="lissa diverged"):
         influence(model, CE, train, train, damping=1.0, method="lissa", lissa_scale=1e-3)
+
+
+def _mixed_model():
+    """Batch norm and dropout, whose train mode would change the results and the running statistics."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.3),
+                         nn.Linear(4, 3)).double()
+
+
+def _state_data():
+    X, y = _class_data(24, seed=11)
+    return (X[:16], y[:16]), (X[16:], y[16:])
+
+
+def _checkpoints(model):
+    return [{name: t.clone() for name, t in model.state_dict().items()} for _ in range(2)]
+
+
+# Each public function that takes a model, called on a model in mixed states (every other module
+# in train mode, every other parameter frozen: params=None takes the trainable ones).
+STATE_CALLS = {
+    "per_example_gradients": lambda m, train, test: per_example_gradients(m, CE, train),
+    "hessian": lambda m, train, test: hessian(m, CE, train, LAMBDA),
+    "influence": lambda m, train, test: influence(m, CE, train, test, LAMBDA, damping=1.0),
+    "self_influence": lambda m, train, test: self_influence(m, CE, train, LAMBDA, damping=1.0, method="cg"),
+    "tracin": lambda m, train, test: tracin(m, CE, _checkpoints(m), train, test, 0.1),
+    "tracin_self_influence": lambda m, train, test: tracin_self_influence(m, CE, _checkpoints(m), train, 0.1),
+    "leave_one_out": lambda m, train, test: leave_one_out(m, CE, train, test, [0, 3], LAMBDA, max_iter=3),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # a random tanh network: not at an optimum
+@pytest.mark.parametrize("name", sorted(STATE_CALLS))
+def test_keeps_the_model_state(name):
+    model = mix_states(_mixed_model())
+    train, test = _state_data()
+    before = snapshot(model)
+    result = STATE_CALLS[name](model, train, test)
+    assert_state_kept(model, before)
+    # Computed in eval mode: the same as on an eval-mode copy (whose dropout would otherwise draw).
+    reference = copy.deepcopy(model).eval()
+    torch.testing.assert_close(STATE_CALLS[name](reference, train, test), result)
+
+
+@CUDA
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", sorted(STATE_CALLS))
+def test_keeps_a_cuda_model_on_its_device(name):
+    model = mix_states(_mixed_model().cuda())
+    train, test = _state_data()  # on the CPU: the data go to the model's device, not the other way
+    before = snapshot(model)
+    STATE_CALLS[name](model, train, test)
+    assert_state_kept(model, before)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_train_to_optimum_changes_only_the_chosen_parameters():
+    """The one trainer: it writes the optimum into the chosen parameters, in place; every module's
+    mode, every flag and gradient, the device and the other parameters and buffers stay as they were."""
+    model = mix_states(_mixed_model())
+    train, _ = _state_data()
+    before = snapshot(model)
+    names = [name for name, _ in (*model.named_parameters(), *model.named_buffers())]
+    train_to_optimum(model, CE, train, LAMBDA, params=["0.weight", "4"], max_iter=5)
+    after = snapshot(model)
+    changed = {name for name, a, b in zip(names, after["values"], before["values"]) if not torch.equal(a, b)}
+    assert changed == {"0.weight", "4.weight", "4.bias"}
+    assert_state_kept(model, {**before, "values": after["values"]})
+
+
+def test_state_tests_cover_the_public_api():
+    covered = set(STATE_CALLS) | {"train_to_optimum"}
+    assert covered == public_api_taking_a_model(xnn_lab.influence)
 
 
 @CUDA

@@ -6,12 +6,14 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from xnn_lab.cam import GradCAM
 from xnn_lab.metrics import (
     area_under_curve,
     centre_maps,
     deletion_curve,
     energy_pointing_game,
     insertion_curve,
+    local_lipschitz,
     mass_in_mask,
     pointing_game,
     random_maps,
@@ -182,23 +184,50 @@ def test_rank_correlation_matches_scipy_with_ties_and_nan_for_constant_maps():
         rank_correlation(torch.rand(2, 4), torch.rand(2, 5))
 
 
+class _Recording:
+    """A saliency explainer (input-gradient maps) that records the weights of the model it explains."""
+
+    def __init__(self, model, seen, maps=None):
+        self.model, self.seen, self.maps = model, seen, maps
+
+    def __call__(self, x, target=None):
+        self.seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        if self.maps is not None:
+            return self.maps(x)
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.model(x).gather(1, target[:, None]).sum(), x)
+        return grad.abs().sum(1)
+
+
 def test_sanity_check_randomises_layers_in_cascade_on_a_copy():
     model = _classifier()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     seen = []
-
-    def gradient_map(m, x, target):
-        seen.append({k: v.clone() for k, v in m.state_dict().items()})
-        x = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(m(x).gather(1, target[:, None]).sum(), x)
-        return grad.abs().sum(1)
-
-    result = randomization_sanity_check(model, gradient_map, images, layers=["5", "1", "0"], seed=0)
-    assert list(result) == ["5", "1", "0"] and all(r.shape == (4,) for r in result.values())
+    explainer = _Recording(model, seen)
+    result = randomization_sanity_check(explainer, images, layers=["5", "1", "0"], seed=0, keep_maps=2)
+    assert list(result.correlations) == ["5", "1", "0"] and all(r.shape == (4,) for r in result.correlations.values())
+    assert list(result.maps) == ["trained", "5", "1", "0"] and result.maps["0"].shape == (2, 8, 8)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, original[key])
-    reference, after_top, after_bn, after_all = seen
+    # the explainer ran once, on the trained model; its deep copy (with a list of its own) ran the rest
+    assert explainer.model is model and len(seen) == 1
+    assert torch.equal(seen[0]["5.weight"], original["5.weight"])
+
+
+def test_sanity_check_randomises_the_copy_step_by_step():
+    model = _classifier()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    steps = []
+
+    class Probe(_Recording):
+        def __deepcopy__(self, memo):  # the copy records into the same list, to show what it saw
+            import copy
+            return Probe(copy.deepcopy(self.model, memo), steps)
+
+    randomization_sanity_check(Probe(model, steps), images, layers=["5", "1", "0"], seed=0)
+    reference, after_top, after_bn, after_all = steps
     assert torch.equal(reference["5.weight"], original["5.weight"])
     assert not torch.equal(after_top["5.weight"], original["5.weight"])
     assert torch.equal(after_top["0.weight"], original["0.weight"])
@@ -206,22 +235,37 @@ def test_sanity_check_randomises_layers_in_cascade_on_a_copy():
     assert torch.equal(after_bn["5.weight"], after_top["5.weight"])  # earlier randomisations are kept
     assert not torch.equal(after_all["0.weight"], original["0.weight"])
     # a "map" that ignores the model passes no sanity check: its correlation stays 1
-    constant = randomization_sanity_check(model, lambda m, x, t: x.mean(1), images)
-    assert list(constant) == ["5", "1", "0"]
-    assert all(torch.allclose(r, torch.ones(4)) for r in constant.values())
+    constant = randomization_sanity_check(_Recording(model, [], maps=lambda x: x.mean(1)), images)
+    assert list(constant.correlations) == ["5", "1", "0"]
+    assert all(torch.allclose(r, torch.ones(4)) for r in constant.correlations.values())
     with pytest.raises(ValueError, match="layers: 'head' is not a submodule"):
-        randomization_sanity_check(model, gradient_map, images, layers=["head"])
+        randomization_sanity_check(Probe(model, []), images, layers=["head"])
+
+
+def test_sanity_check_takes_cam_explainers_as_they_are():
+    model = _classifier()
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    explainer = GradCAM(model, "2")
+    result = randomization_sanity_check(explainer, images, layers=["5"], seed=0)
+    assert result.correlations["5"].shape == (3,) and explainer.model is model
+    with pytest.raises(TypeError, match=r"explainer must be a saliency explainer.*explainer.model"):
+        randomization_sanity_check(lambda x, t=None: x.mean(1), images)
 
 
 def _weights_seen_by_the_sanity_check(model, images, seed):
     """The last layer's weight in the randomised copy, as the explainer saw it."""
     seen = []
 
-    def recorder(m, x, target):
-        seen.append(m[5].weight.detach().cpu().clone())
-        return x.mean(1)
+    class Recorder(_Recording):
+        def __deepcopy__(self, memo):
+            import copy
+            return Recorder(copy.deepcopy(self.model, memo), seen)
 
-    randomization_sanity_check(model, recorder, images, layers=["5"], seed=seed)
+        def __call__(self, x, target=None):
+            seen.append(self.model[5].weight.detach().cpu().clone())
+            return x.mean(1)
+
+    randomization_sanity_check(Recorder(model, seen), images, layers=["5"], seed=seed)
     return seen[1]
 
 
@@ -267,3 +311,82 @@ def test_curve_errors_name_arguments():
         deletion_curve(model, images, torch.rand(2, 6, 6), 0, steps=0)
     with pytest.raises(TypeError, match="masks must be a bool tensor"):
         pointing_game(torch.rand(1, 4, 4), torch.ones(1, 4, 4))
+
+
+def test_lipschitz_search_approaches_the_spectral_norm_of_a_linear_map_from_below():
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(10, 20, generator=generator)
+    x = torch.randn(6, 20, generator=generator)
+    spectral = torch.linalg.matrix_norm(A, ord=2)
+    estimate = local_lipschitz(lambda z: z @ A.T, x, radius=0.5, num_samples=4, steps=25, seed=1)
+    assert estimate.values.shape == (6,) and estimate.points.shape == (6, 20)
+    assert (estimate.values <= spectral * (1 + 1e-5)).all()
+    assert (estimate.values >= 0.97 * spectral).all()
+    # random sampling alone, with the same number of explanations, stays well below it in 20 dimensions
+    sampled = local_lipschitz(lambda z: z @ A.T, x, radius=0.5, num_samples=4 * 26, seed=1)
+    assert (sampled.values < 0.9 * spectral).all()
+
+
+def test_lipschitz_search_finds_at_least_random_sampling_on_a_nonlinear_map():
+    generator = torch.Generator().manual_seed(1)
+    V, W = torch.randn(20, 16, generator=generator), torch.randn(8, 20, generator=generator)
+    explain = lambda z: torch.tanh(z @ V.T) @ W.T  # noqa: E731
+    x = torch.randn(6, 16, generator=generator)
+    searched = local_lipschitz(explain, x, radius=0.3, num_samples=4, steps=25, seed=2)
+    sampled = local_lipschitz(explain, x, radius=0.3, num_samples=4 * 26, seed=2)
+    assert (searched.values >= sampled.values).all()
+    # each value is the ratio at its point, and the point lies in the ball
+    distance = (searched.points - x).norm(dim=1)
+    assert (distance <= 0.3 * (1 + 1e-5)).all()
+    ratio = (explain(searched.points) - explain(x)).norm(dim=1) / distance
+    torch.testing.assert_close(ratio, searched.values)
+
+
+def test_lipschitz_is_batched_seeded_and_handles_image_shapes():
+    calls = []
+
+    def explain(z):
+        calls.append(len(z))
+        return z.flatten(1) ** 2
+
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    first = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=7)
+    assert calls == [3] + [15] * 4  # the inputs once, then every point at once, once per step
+    assert first.points.shape == x.shape
+    again = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=7)
+    other = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=8)
+    assert torch.equal(first.values, again.values) and not torch.equal(first.values, other.values)
+
+
+def test_lipschitz_random_sampling_works_without_gradients_and_ascent_says_why_it_cannot():
+    x = torch.randn(2, 5)
+
+    @torch.no_grad()
+    def black_box(z):
+        return torch.sign(z)
+
+    assert local_lipschitz(black_box, x, radius=0.5, num_samples=8).values.shape == (2,)
+    with pytest.raises(ValueError, match="steps"):
+        local_lipschitz(black_box, x, radius=0.5, num_samples=8, steps=2)
+
+
+def test_lipschitz_errors_name_the_argument():
+    with pytest.raises(ValueError, match="radius"):
+        local_lipschitz(lambda z: z, torch.randn(2, 3), radius=0.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        local_lipschitz(lambda z: z, torch.randn(2, 3), radius=0.1, num_samples=0)
+    with pytest.raises(TypeError, match="explainer"):
+        local_lipschitz("saliency", torch.randn(2, 3), radius=0.1)
+    with pytest.raises(ValueError, match="explainer must map"):
+        local_lipschitz(lambda z: z[:1], torch.randn(2, 3), radius=0.1)
+
+
+def test_lipschitz_takes_a_saliency_explainer_as_it_is():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    images = torch.rand(2, 3, 8, 8)
+    estimate = local_lipschitz(GradCAM(model, "1"), images, radius=0.1, num_samples=3, seed=0)
+    assert estimate.values.shape == (2,) and (estimate.values >= 0).all()
+    assert ((estimate.points - images).flatten(1).norm(dim=1) <= 0.1 + 1e-6).all()
+

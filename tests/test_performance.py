@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tools import chapters, performance
+from tools.performance import TABLES, load_records, render_page
+from xnn_lab.bench import save_record
 from xnn_lab.cli import main
-from xnn_lab.performance import TABLES, load_records, render_page, save_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,7 @@ def test_cli_bench_writes_a_record_that_the_page_shows(tmp_path, capsys):
                                   "num_classes": 10, "steps": 1}
     assert record["results"]["xnn_lab/floor"] > 0
     page = tmp_path / "performance.md"
-    assert main(["performance", str(out.parent), "--output", str(page)]) == 0
+    assert performance.main([str(out.parent), "--output", str(page)]) == 0
     assert f"{record['results']['xnn_lab/floor']:.2f}" in page.read_text()
 
 
@@ -72,7 +74,7 @@ def test_cli_chapters_writes_a_record_with_one_row_per_chapter(tmp_path, capsys)
                                     "nbformat": 4, "nbformat_minor": 5}))
         paths.append(str(path))
     out = tmp_path / "records" / "chapters-cpu.json"
-    assert main(["chapters", "--quick", *paths, "--json", str(out)]) == 0
+    assert chapters.main(["--quick", *paths, "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["benchmark"] == "chapters" and record["settings"] == {"mode": "quick", "jobs": 1}
     results = record["results"]
@@ -89,7 +91,7 @@ def test_a_failed_chapter_writes_no_record(tmp_path, capsys):
     path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "1 / 0"}], "metadata": {},
                                 "nbformat": 4, "nbformat_minor": 5}))
     out = tmp_path / "chapters.json"
-    assert main(["chapters", "--jobs", "2", str(path), "--json", str(out)]) == 1
+    assert chapters.main(["--jobs", "2", str(path), "--json", str(out)]) == 1
     assert not out.exists() and "ZeroDivisionError" in capsys.readouterr().err
 
 
@@ -97,7 +99,7 @@ def test_committed_page_is_generated_from_the_committed_records():
     records = load_records(ROOT / "benchmarks")
     assert {r["benchmark"] for r in records} == set(TABLES)
     assert (ROOT / "book" / "performance.md").read_text() == render_page(records), (
-        "book/performance.md is stale: run `xnn-lab performance`")
+        "book/performance.md is stale: run `python tools/performance.py`")
 
 
 def test_cli_bench_refuses_options_of_other_benchmarks(capsys):

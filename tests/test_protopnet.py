@@ -1,35 +1,39 @@
 import math
 import re
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+import xnn_lab.protopnet
+from tests._state import assert_state_kept, mix_states, public_api_taking_a_model, snapshot
 from xnn_lab.bench import bench_protopnet
 from xnn_lab.data import make_parts
 from xnn_lab.models import SmallCNN
-from xnn_lab.models.protopnet import (
+from xnn_lab.protopnet import (
     ProtoPNet,
+    ProtoPNetExplanation,
     backbone_features,
-    log_similarity,
-    receptive_field,
-)
-from xnn_lab.protopnet_training import (
     fit_protopnet,
-    protopnet_loss,
-    train_stage,
-    wrong_class_l1,
-)
-from xnn_lab.prototypes import (
-    explain_prediction,
+    log_similarity,
     nearest_patches,
     part_purity,
     patch_parts,
+    protopnet_loss,
     prune_prototypes,
     push_prototypes,
     random_patch_purity,
+    receptive_field,
+    top_prototypes,
+    train_stage,
+    wrong_class_l1,
 )
+from xnn_lab.viz import draw_patch, plot_prototype_explanations, plot_pushed_prototypes
+
+matplotlib.use("Agg")
 
 CLASSES, PER_CLASS = 3, 2
 
@@ -78,6 +82,37 @@ def test_distances_and_similarities_match_the_slide_computed_patch_by_patch():
     assert torch.equal(model(x), out.logits)
 
 
+def test_explain_returns_the_logits_with_their_evidence():
+    model = tiny_model(dtype=torch.float64).eval()
+    x = tiny_data(n=4)[0].double()
+    out = model.explain(x)
+    assert isinstance(out, ProtoPNetExplanation)
+    assert out.contributions.shape == (4, CLASSES, CLASSES * PER_CLASS)
+    # Contribution of prototype j to class c: g_j W_cj; summed over j, the logit.
+    assert torch.allclose(out.contributions, out.similarities[:, None, :] * model.last_layer.weight, rtol=0)
+    assert torch.allclose(out.contributions.sum(-1), out.logits, rtol=1e-12)
+    assert out.distances.shape == (4, CLASSES * PER_CLASS, 8, 8)
+    assert torch.equal(out.min_distances, out.distances.flatten(2).min(2).values)
+
+
+def _explain_forbidden(model):
+    """Make ``model.explain`` (and ``from_latent``) fail: training must not use them as a forward pass."""
+    def fail(*args, **kwargs):
+        raise AssertionError("explain used as a plain forward pass")
+    model.explain = fail
+    model.from_latent = fail
+    return model
+
+
+@pytest.mark.parametrize("stage", ["warm_up", "joint", "last_layer"])
+def test_training_and_loss_do_not_call_explain(stage):
+    model = _explain_forbidden(tiny_model())
+    x, y = tiny_data()
+    model(x)
+    protopnet_loss(model, x, y)
+    train_stage(model, (x, y), stage, epochs=1, batch_size=6, device=torch.device("cpu"))
+
+
 def test_log_similarity_is_decreasing_from_log_one_over_epsilon():
     d = torch.tensor([0.0, 0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
     g = log_similarity(d, 1e-4)
@@ -86,10 +121,12 @@ def test_log_similarity_is_decreasing_from_log_one_over_epsilon():
 
 
 def test_loss_terms_match_their_definitions():
-    model = tiny_model(dtype=torch.float64)
+    model = tiny_model(dtype=torch.float64)       # in train mode: the loss is measured in eval mode
     x, y = tiny_data()
     x = x.double()
     loss = protopnet_loss(model, x, y, clst=0.8, sep=0.08, l1=1e-4)
+    assert model.training
+    model.eval()
     min_d = brute_distances(model.latent(x), model.prototypes).flatten(2).min(dim=2).values
     classes = model.prototype_classes.tolist()
     clst = sum(min(min_d[i, j] for j in range(len(classes)) if classes[j] == y[i]) for i in range(len(y))) / len(y)
@@ -125,8 +162,30 @@ def test_each_stage_trains_only_its_parameters_and_restores_flags(stage, trains)
     assert changed == trains
     assert not model.training and not model.add_on[0].weight.requires_grad
     assert all(p.requires_grad for name, p in model.named_parameters() if name != "add_on.0.weight")
-    assert len(history.loss) == len(history.accuracy) == 2
-    assert (len(history.cluster) == 2) == (stage != "last_layer")
+    assert len(history.train_loss) == len(history.train_acc) == 2
+    assert len(history["cross_entropy"]) == len(history["l1"]) == 2
+    # Cluster and separation are constants in the last-layer stage, not part of its loss: NaN there.
+    constant = [math.isnan(v) for v in history["cluster"] + history["separation"]]
+    assert constant == [stage == "last_layer"] * 4
+    cluster = history["cluster"] if stage != "last_layer" else [0.0, 0.0]
+    separation = history["separation"] if stage != "last_layer" else [0.0, 0.0]
+    # The recorded loss is the sum of its weighted terms, epoch by epoch.
+    for epoch in range(2):
+        total = (history["cross_entropy"][epoch] + 0.8 * cluster[epoch] + 0.08 * separation[epoch]
+                 + 1e-4 * history["l1"][epoch])
+        assert history.train_loss[epoch] == pytest.approx(total, rel=1e-6)
+
+
+def test_warm_up_keeps_the_backbone_in_eval_mode():
+    model = tiny_model()
+    x, y = tiny_data()
+    model.train()
+    stats = model.features[1].running_mean.clone()
+    seen = []
+    model.features.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    train_stage(model, (x, y), "warm_up", epochs=2, batch_size=4, device=torch.device("cpu"))
+    assert seen and not any(seen)
+    assert torch.equal(model.features[1].running_mean, stats)
 
 
 def test_last_layer_stage_shrinks_the_wrong_class_weights():
@@ -177,10 +236,10 @@ def test_push_needs_every_class():
         push_prototypes(tiny_model(), (x[y != 1], y[y != 1]))
 
 
-def test_explanation_contributions_add_up_to_the_logits():
+def test_top_prototypes_contributions_add_up_to_the_logits():
     model = tiny_model()
     x, _ = tiny_data(n=4)
-    explanation = explain_prediction(model, x, top=3)
+    explanation = top_prototypes(model, x, top=3)
     assert torch.allclose(explanation.contributions.sum(dim=1),
                           explanation.logits.gather(1, explanation.target[:, None])[:, 0], atol=1e-5)
     assert torch.equal(explanation.target, explanation.logits.argmax(1))
@@ -192,10 +251,11 @@ def test_explanation_contributions_add_up_to_the_logits():
     rows, cols = explanation.cells.unbind(-1)
     best = d[torch.arange(4)[:, None], torch.arange(3)[None], rows, cols]
     assert torch.allclose(best, d.flatten(2).min(dim=2).values)
-    chosen = explain_prediction(model, x, target=torch.tensor([2, 2, 0, 1]), top=1)
+    assert torch.equal(explanation.contributions, out.contributions[torch.arange(4), explanation.target])
+    chosen = top_prototypes(model, x, target=torch.tensor([2, 2, 0, 1]), top=1)
     assert torch.equal(chosen.target, torch.tensor([2, 2, 0, 1]))
     with pytest.raises(ValueError, match="target"):
-        explain_prediction(model, x, target=torch.tensor([0, 1, 2, 3]))
+        top_prototypes(model, x, target=torch.tensor([0, 1, 2, 3]))
 
 
 def _linearised(module: nn.Module) -> nn.Module:
@@ -308,6 +368,7 @@ def test_fit_protopnet_runs_every_stage_on_parts():
     run = fit_protopnet(model, parts, warm_epochs=1, joint_epochs=1, last_epochs=2, device=torch.device("cpu"))
     assert list(run.accuracy) == ["warm_up", "joint", "push", "last_layer"]
     assert set(run.histories) == {"warm_up", "joint", "last_layer"}
+    assert [len(run.histories[stage].train_loss) for stage in ("warm_up", "joint", "last_layer")] == [1, 1, 2]
     assert torch.equal(parts.labels[run.push.image_index], model.prototype_classes)
 
 
@@ -326,7 +387,7 @@ def test_arguments_are_checked():
         model(torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match="keep must leave every class"):
         model.keep_prototypes(model.prototype_classes != 0)
-    with pytest.raises(TypeError, match="model must be an xnn_lab.models.ProtoPNet"):
+    with pytest.raises(TypeError, match="model must be an xnn_lab.protopnet.ProtoPNet"):
         push_prototypes(SmallCNN(3), (x, y))
 
 
@@ -336,3 +397,201 @@ def test_bench_protopnet_prints_epoch_and_push_times(capsys):
     assert "bench protopnet: SmallCNN backbone on cpu, 32 Parts training images, 32x32" in out
     assert re.search(r"push / epoch: [\d.]+", out)
     assert result["push/epoch"] == pytest.approx(result["push_s"] / result["epoch_s"])
+
+
+# --- The state test: no public function moves the model, changes its modes or flags, or leaves
+# gradients in it, unless that is its stated purpose (training; the push and pruning change
+# the prototypes, and pruning the last layer, but nothing else).
+
+def _mixed_model():
+    model = mix_states(tiny_model())
+    # Flags that differ from a fresh module's and parameter's defaults, where pruning replaces them.
+    model.last_layer.eval()
+    model.prototypes.requires_grad_(False)
+    model.last_layer.weight.requires_grad_(False)
+    return model
+
+
+def _not_moved(model):
+    """Make ``model.to`` fail: a function that is not a trainer must compute on the model's device."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the caller's model was moved")
+    model.to = fail
+    return model
+
+
+def _assert_only_changed(model, before, changed):
+    """Modes, flags, gradients and devices as before; values too, except the parameters in ``changed``."""
+    after = snapshot(model)
+    assert after["modes"] == before["modes"], "train/eval flags changed"
+    assert after["requires_grad"] == before["requires_grad"], "requires_grad flags changed"
+    assert after["grads"] == before["grads"] and all(after["grads"]), "gradients left in the model"
+    assert after["devices"] == before["devices"], "the model was moved"
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    for name, old, new in zip(names, before["values"], after["values"]):
+        if name not in changed:
+            assert torch.equal(old, new), f"{name} changed"
+
+
+def _data():
+    return tiny_data(n=15)
+
+
+def _masks(n=15):
+    masks = torch.zeros(n, 3, 16, 16, dtype=torch.bool)
+    masks[:, 0, :, :8] = True
+    return masks
+
+
+STATE_CALLS = {
+    "backbone_features": lambda model: backbone_features(model),
+    "wrong_class_l1": lambda model: wrong_class_l1(model),
+    "protopnet_loss": lambda model: protopnet_loss(model, *_data()),
+    "top_prototypes": lambda model: top_prototypes(model, _data()[0][:4], top=2),
+    "nearest_patches": lambda model: nearest_patches(model, _data(), k=3, batch_size=4),
+    "part_purity": lambda model: part_purity(model, _data(), _masks(), k=3, batch_size=4),
+}
+TRAINERS = {
+    "train_stage": lambda model: train_stage(model, _data(), "joint", epochs=1, batch_size=4,
+                                             device=torch.device("cpu")),
+    "fit_protopnet": lambda model: fit_protopnet(model, _data(), warm_epochs=1, joint_epochs=1, last_epochs=1,
+                                                 batch_size=4, device=torch.device("cpu")),
+}
+CHANGERS = {   # what each may change, as its docstring states
+    "push_prototypes": (lambda model: push_prototypes(model, _data(), batch_size=4), {"prototypes"}),
+    "prune_prototypes": (lambda model: prune_prototypes(model, _data(), k=4, min_own=2, batch_size=4),
+                         {"prototypes", "last_layer.weight", "prototype_classes"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CALLS))
+def test_state_is_kept(name):
+    model = _mixed_model()
+    if name == "backbone_features":
+        model = mix_states(SmallCNN(3, widths=(4, 8)))
+    before = snapshot(model)
+    STATE_CALLS[name](_not_moved(model))
+    assert_state_kept(model, before)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_trainers_give_back_flags_and_gradients(name):
+    model = _mixed_model()
+    before = snapshot(model)
+    TRAINERS[name](model)
+    assert_state_kept(model, before, trains=True)
+
+
+@pytest.mark.parametrize("name", sorted(CHANGERS))
+def test_push_and_pruning_change_only_what_they_state(name):
+    model = _mixed_model()
+    before = snapshot(model)
+    call, changed = CHANGERS[name]
+    call(_not_moved(model))
+    _assert_only_changed(model, before, changed)
+    assert not torch.equal(before["values"][10], model.prototypes.detach())   # they did change them
+
+
+def test_state_test_covers_every_public_function_taking_a_model():
+    covered = set(STATE_CALLS) | set(TRAINERS) | set(CHANGERS)
+    assert covered == public_api_taking_a_model(xnn_lab.protopnet)
+
+
+# --- Figures.
+
+def _title_fits(fig):
+    """Every title at least 9 points and no wider than its panel."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [(ax, ax.title) for ax in fig.axes if ax.get_title()]
+    assert titles
+    for ax, title in titles:
+        assert title.get_fontsize() >= 9
+        assert title.get_window_extent(renderer).width <= 1.05 * ax.get_window_extent(renderer).width, \
+            title.get_text()
+
+
+def _pushed():
+    model = tiny_model()
+    x, y = tiny_data(n=15)
+    return model, x, y, push_prototypes(model, (x, y), batch_size=8)
+
+
+def test_pushed_prototype_gallery_is_readable_and_shows_each_source():
+    model, x, _, push = _pushed()
+    captions = ["a caption long enough to need wrapping" if j == 0 else "head" for j in range(model.num_prototypes)]
+    fig = plot_pushed_prototypes(push, x, model.prototype_classes, field=model.receptive_field(), captions=captions)
+    try:
+        assert fig.get_figwidth() <= 12
+        _title_fits(fig)
+        # One class per row, source and similarity map side by side.
+        assert fig.axes[0].get_title() == "p0, class 0" and fig.axes[2 * PER_CLASS].get_title() == "p2, class 1"
+        assert "\n" in fig.axes[1].get_title()
+        shown = fig.axes[2 * 3].images[0].get_array()
+        assert torch.allclose(torch.as_tensor(shown.data).permute(2, 0, 1), x[push.image_index[3]])
+        assert len(fig.axes[0].patches) == 2     # receptive field and footprint
+    finally:
+        plt.close(fig)
+
+
+def test_prototype_explanations_show_this_and_that():
+    model, x, _, push = _pushed()
+    explanation = top_prototypes(model, x[:2], top=3)
+    fig = plot_prototype_explanations(x[:2], explanation, push, x, model.prototype_classes,
+                                      field=model.receptive_field(), labels=torch.tensor([0, 1]))
+    try:
+        assert fig.get_figwidth() <= 12
+        _title_fits(fig)
+        assert len(fig.axes) == 2 * 7
+        j = explanation.prototypes[1, 2].item()
+        that = fig.axes[7 + 6]
+        assert that.get_title() == f"that: p{j}\nclass {model.prototype_classes[j].item()}"
+        shown = torch.as_tensor(that.images[0].get_array().data).permute(2, 0, 1)
+        assert torch.allclose(shown, x[push.image_index[j]])
+        assert fig.axes[7].get_title().startswith("true 1, predicted")
+    finally:
+        plt.close(fig)
+
+
+def test_draw_patch_marks_the_box_and_the_footprint():
+    field = receptive_field(SmallCNN(3, widths=(4, 6, 8)).features)   # jump 4, centres 1.5 + 4 r
+    fig, ax = plt.subplots()
+    try:
+        draw_patch(ax, torch.tensor([0, 2, 7, 12]), cell=torch.tensor([1, 2]), field=field)
+        box, footprint = ax.patches
+        assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (1.5, -0.5, 10, 7)
+        assert (footprint.get_x(), footprint.get_y(), footprint.get_width()) == (7.5, 3.5, 4)
+    finally:
+        plt.close(fig)
+
+
+def test_figure_arguments_are_checked():
+    model, x, _, push = _pushed()
+    with pytest.raises(ValueError, match="prototype_classes must give the class of each of the 6"):
+        plot_pushed_prototypes(push, x, model.prototype_classes[:4])
+    with pytest.raises(ValueError, match="captions must give one caption per prototype"):
+        plot_pushed_prototypes(push, x, model.prototype_classes, captions=["head"])
+    with pytest.raises(ValueError, match="source_images must be the images the push ran on"):
+        plot_pushed_prototypes(push, x[:2], model.prototype_classes)
+    explanation = top_prototypes(model, x[:2], top=2)
+    with pytest.raises(ValueError, match="images must be the 2 explained images"):
+        plot_prototype_explanations(x[:3], explanation, push, x, model.prototype_classes)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        plot_prototype_explanations(x[:2], explanation, push, x, model.prototype_classes, labels=torch.tensor([1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_functions_compute_on_the_models_device_and_leave_it_there():
+    model = tiny_model().cuda().eval()
+    x, y = tiny_data(n=15)                          # on the CPU
+    explanation = top_prototypes(model, x[:4])
+    assert explanation.logits.device.type == "cpu"
+    nearest = nearest_patches(model, (x, y), k=3)
+    purity = part_purity(model, (x, y), _masks(), k=3)
+    push = push_prototypes(model, (x, y))
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert nearest.image_index.device.type == push.image_index.device.type == "cuda"
+    assert purity.purity.shape == (model.num_prototypes,)
+    fig = plot_prototype_explanations(x[:4].cuda(), top_prototypes(model, x[:4].cuda()), push, x.cuda(),
+                                      model.prototype_classes, field=model.receptive_field())
+    plt.close(fig)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import xnn_lab
-from xnn_lab._checks import check_choice, check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_choice, check_float, check_int, check_tensor
 
 
 def test_device_is_cpu_without_cuda():

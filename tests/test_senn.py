@@ -1,5 +1,5 @@
 """SENN: the aggregator, the robustness loss against brute-force autograd, the loss terms, training,
-and the local Lipschitz search against the analytic constant of a linear map."""
+the caller's model state, and the local Lipschitz search against the analytic constant of a linear map."""
 
 import math
 
@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import xnn_lab.senn
+from tests._state import assert_state_kept, mix_states, public_api_taking_a_model, snapshot
+from xnn_lab import History
 from xnn_lab.data import load_breast_cancer
-from xnn_lab.models.senn import SENN, SENNOutput
-from xnn_lab.senn_training import (SENNHistory, evaluate_senn, fit_senn, robustness_loss, robustness_residual,
-                                   senn_loss)
-from xnn_lab.stability import local_lipschitz
+from xnn_lab.metrics import local_lipschitz
+from xnn_lab.senn import (SENN, SENNExplanation, evaluate_senn, fit_senn, robustness_loss,
+                          robustness_residual, senn_loss)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -79,7 +81,7 @@ def test_aggregator_is_the_explicit_sum_over_concepts():
     model = _senn()
     x = torch.randn(7, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     out = model.explain(x)
-    assert isinstance(out, SENNOutput)
+    assert isinstance(out, SENNExplanation)
     assert out.concepts.shape == (7, 3) and out.relevances.shape == (7, 3, 4)
     assert out.logits.shape == (7, 4) and out.reconstruction.shape == (7, 6)
     explicit = torch.zeros(7, 4, dtype=torch.float64)
@@ -135,84 +137,98 @@ def test_fit_senn_learns_and_records_each_term():
     train, val = load_breast_cancer("train"), load_breast_cancer("val")
     model = SENN(30, 2, relevance_hidden=(16,))
     history = fit_senn(model, train, val, lam=0.0, epochs=8, lr=3e-3, seed=0, device=torch.device("cpu"),
-                       progress=False)
-    assert isinstance(history, SENNHistory) and not model.training
-    assert len(history.train_loss) == len(history.val_acc) == len(history.classification) == 8
-    assert all(math.isnan(v) for v in history.robustness)  # lam = 0: not computed
+                       restore_best=False)
+    assert isinstance(history, History) and not model.training
+    assert len(history.train_loss) == len(history.val_acc) == len(history["classification"]) == 8
+    assert set(history.terms) == set(history.val_terms) == {"classification", "robustness", "reconstruction",
+                                                             "sparsity"}
+    assert all(math.isnan(v) for v in history["robustness"])  # lam = 0: not computed
     assert history.train_loss[-1] < history.train_loss[0]
     assert history.val_acc[-1] >= 0.9
     scores = evaluate_senn(model, val)
     assert scores["accuracy"] == pytest.approx(history.val_acc[-1])
-    assert scores["robustness"] > 0
+    assert scores["classification"] == pytest.approx(history.val_terms["classification"][-1])
+    assert scores["robustness"] > 0  # measured here whatever lam
 
 
-def test_fit_senn_is_seeded():
+def test_fit_senn_validates_on_the_senn_loss_and_keeps_the_best_epoch():
+    train, val = load_breast_cancer("train"), load_breast_cancer("val")
+    # A learning rate this large makes the validation loss go up and down: the best epoch is not the last.
+    kwargs = {"lam": 0.1, "epochs": 3, "lr": 0.05, "batch_size": 32, "seed": 0, "device": torch.device("cpu")}
+    torch.manual_seed(0)
+    model = SENN(30, 2, relevance_hidden=(16,))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit_senn(model, train, val, **kwargs)
+    assert history.best_epoch == min(range(3), key=history.val_loss.__getitem__)
+    assert history.best_epoch < 2, history.val_loss  # otherwise this test could not tell the two apart
+    scores = evaluate_senn(model, val, lam=0.1, xi=1.0, sparsity=1e-3)
+    assert scores["loss"] == pytest.approx(history.val_loss[history.best_epoch])
+    assert scores["robustness"] == pytest.approx(history.val_terms["robustness"][history.best_epoch])
+    last = SENN(30, 2, relevance_hidden=(16,))
+    last.load_state_dict(initial)
+    fit_senn(last, train, val, restore_best=False, **kwargs)
+    assert evaluate_senn(last, val, lam=0.1, xi=1.0, sparsity=1e-3)["loss"] == pytest.approx(history.val_loss[-1])
+    stopped = SENN(30, 2, relevance_hidden=(16,))
+    stopped.load_state_dict(initial)
+    early = fit_senn(stopped, train, val, patience=1, **{**kwargs, "epochs": 6})
+    assert early.stopped_early and len(early.train_loss) < 6
+
+
+def test_fit_senn_is_seeded_and_leaves_the_global_generator_alone():
     train = load_breast_cancer("train")
 
-    def run():
+    def run(seed):
         torch.manual_seed(123)  # the same initial weights; fit_senn's seed fixes the order
         model = SENN(30, 2, relevance_hidden=(8,))
-        fit_senn(model, train, lam=0.1, epochs=2, seed=3, device=torch.device("cpu"), progress=False)
+        state = torch.get_rng_state()
+        fit_senn(model, train, lam=0.1, epochs=2, seed=seed, device=torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), state)
         return model.parametrizer[0].weight.detach().clone()
 
-    assert torch.equal(run(), run())
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
 
 
-def test_lipschitz_search_approaches_the_spectral_norm_of_a_linear_map_from_below():
-    generator = torch.Generator().manual_seed(0)
-    A = torch.randn(10, 20, generator=generator)
-    x = torch.randn(6, 20, generator=generator)
-    spectral = torch.linalg.matrix_norm(A, ord=2)
-    estimate = local_lipschitz(lambda z: z @ A.T, x, radius=0.5, num_samples=4, steps=25, seed=1)
-    assert estimate.values.shape == (6,) and estimate.points.shape == (6, 20)
-    assert (estimate.values <= spectral * (1 + 1e-5)).all()
-    assert (estimate.values >= 0.97 * spectral).all()
-    # random sampling alone, with the same number of explanations, stays well below it in 20 dimensions
-    sampled = local_lipschitz(lambda z: z @ A.T, x, radius=0.5, num_samples=4 * 26, seed=1)
-    assert (sampled.values < 0.9 * spectral).all()
+def _mixed_senn(num_concepts=3):
+    return mix_states(_senn(num_concepts))
 
 
-def test_lipschitz_search_finds_at_least_random_sampling_on_a_nonlinear_map():
-    generator = torch.Generator().manual_seed(1)
-    V, W = torch.randn(20, 16, generator=generator), torch.randn(8, 20, generator=generator)
-    explain = lambda z: torch.tanh(z @ V.T) @ W.T  # noqa: E731
-    x = torch.randn(6, 16, generator=generator)
-    searched = local_lipschitz(explain, x, radius=0.3, num_samples=4, steps=25, seed=2)
-    sampled = local_lipschitz(explain, x, radius=0.3, num_samples=4 * 26, seed=2)
-    assert (searched.values >= sampled.values).all()
-    # each value is the ratio at its point, and the point lies in the ball
-    distance = (searched.points - x).norm(dim=1)
-    assert (distance <= 0.3 * (1 + 1e-5)).all()
-    ratio = (explain(searched.points) - explain(x)).norm(dim=1) / distance
-    torch.testing.assert_close(ratio, searched.values)
+def _data(n=10):
+    generator = torch.Generator().manual_seed(9)
+    return torch.randn(n, 6, dtype=torch.float64, generator=generator), torch.randint(0, 4, (n,), generator=generator)
 
 
-def test_lipschitz_is_batched_seeded_and_handles_image_shapes():
-    calls = []
-
-    def explain(z):
-        calls.append(len(z))
-        return z.flatten(1) ** 2
-
-    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    first = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=7)
-    assert calls == [3] + [15] * 4  # the inputs once, then every point at once, once per step
-    assert first.points.shape == x.shape
-    again = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=7)
-    other = local_lipschitz(explain, x, radius=0.2, num_samples=5, steps=3, seed=8)
-    assert torch.equal(first.values, again.values) and not torch.equal(first.values, other.values)
+STATE_CALLS = {
+    "robustness_residual": lambda model: robustness_residual(model, _data()[0]),
+    "robustness_loss": lambda model: robustness_loss(model, _data()[0]),
+    "senn_loss": lambda model: senn_loss(model, *_data(), lam=0.5, xi=1.0, sparsity=0.1),
+    "evaluate_senn": lambda model: evaluate_senn(model, _data(), lam=0.5, xi=1.0, sparsity=0.1, batch_size=4),
+    "fit_senn": lambda model: fit_senn(model, _data(), _data(6), lam=0.5, epochs=2, batch_size=4,
+                                       device=torch.device("cpu")),
+}
 
 
-def test_lipschitz_random_sampling_works_without_gradients_and_ascent_says_why_it_cannot():
-    x = torch.randn(2, 5)
+@pytest.mark.parametrize("name", sorted(STATE_CALLS))
+def test_public_functions_give_the_model_state_back(name):
+    """Modes, requires_grad flags, gradients and device come back; only the trainer changes weights."""
+    for num_concepts in (3, None):
+        model = _mixed_senn(num_concepts)
+        before = snapshot(model)
+        STATE_CALLS[name](model)
+        assert_state_kept(model, before, trains=name == "fit_senn")
 
-    @torch.no_grad()
-    def black_box(z):
-        return torch.sign(z)
 
-    assert local_lipschitz(black_box, x, radius=0.5, num_samples=8).values.shape == (2,)
-    with pytest.raises(ValueError, match="steps"):
-        local_lipschitz(black_box, x, radius=0.5, num_samples=8, steps=2)
+def test_fit_senn_trains_only_the_parameters_that_require_grad():
+    model = _mixed_senn()
+    frozen = [(p, p.detach().clone()) for p in model.parameters() if not p.requires_grad]
+    trained = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+    fit_senn(model, _data(), lam=0.5, epochs=2, batch_size=4, device=torch.device("cpu"))
+    assert frozen and all(torch.equal(p, value) for p, value in frozen)
+    assert any(not torch.equal(p, value) for p, value in trained)
+
+
+def test_the_state_tests_cover_every_public_function_that_takes_a_model():
+    assert set(STATE_CALLS) == public_api_taking_a_model(xnn_lab.senn)
 
 
 def test_errors_name_the_argument():
@@ -233,14 +249,6 @@ def test_errors_name_the_argument():
         senn_loss(model, torch.randn(2, 4), torch.tensor([0, 1]), -0.1, 1.0, 0.0)
     with pytest.raises(ValueError, match="y must"):
         senn_loss(model, torch.randn(2, 4), torch.tensor([0, 1, 1]), 0.1, 1.0, 0.0)
-    with pytest.raises(ValueError, match="radius"):
-        local_lipschitz(lambda z: z, torch.randn(2, 3), radius=0.0)
-    with pytest.raises(ValueError, match="num_samples"):
-        local_lipschitz(lambda z: z, torch.randn(2, 3), radius=0.1, num_samples=0)
-    with pytest.raises(TypeError, match="explain_fn"):
-        local_lipschitz("saliency", torch.randn(2, 3), radius=0.1)
-    with pytest.raises(ValueError, match="explain_fn must map"):
-        local_lipschitz(lambda z: z[:1], torch.randn(2, 3), radius=0.1)
 
 
 @CUDA

@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from xnn_lab.models import MLP
-from xnn_lab.train import evaluate, fit, predict
+from xnn_lab import Step, evaluate, fit, predict
 
 
 def _blobs(n=200, seed=0):
@@ -71,3 +73,38 @@ def test_fit_rejects_bad_data():
         fit(MLP(2), X, progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fit(lambda t: t, (X, y), progress=False)
+
+
+def test_fit_trains_an_objective_and_records_its_terms():
+    torch.manual_seed(0)
+    model = MLP(2, hidden=(8,), out_features=2)
+    ce = torch.nn.CrossEntropyLoss()
+
+    def objective(X, y):
+        logits = model(X)
+        weights = sum(p.pow(2).sum() for p in model.parameters())
+        return Step(ce(logits, y) + 1e-3 * weights, logits, {"cross_entropy": ce(logits, y), "skipped": None})
+
+    history = fit(model, _blobs(), _blobs(seed=1), objective=objective, epochs=4, lr=1e-2, device="cpu")
+    assert len(history["cross_entropy"]) == 4 and all(math.isnan(v) for v in history["skipped"])
+    assert history["cross_entropy"][-1] < history["cross_entropy"][0]
+    assert all(t < loss for t, loss in zip(history["cross_entropy"], history.train_loss))
+    assert len(history.val_terms["cross_entropy"]) == 4
+    with pytest.raises(ValueError, match="either loss_fn or objective"):
+        fit(model, _blobs(), loss_fn=ce, objective=objective)
+
+
+def test_fit_leaves_the_global_generator_and_the_flags_alone():
+    torch.manual_seed(0)
+    model = MLP(2, hidden=(8,), out_features=2)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.clone()
+    state = torch.get_rng_state()
+    fit(model, _blobs(), epochs=2, device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not model[0].weight.requires_grad and torch.equal(model[0].weight, frozen)
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():  # a trainer inside an evaluation block still trains
+        fit(model, _blobs(), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="parameters: nothing to train"):
+        fit(model, _blobs(), parameters=[], device="cpu")

@@ -1,4 +1,6 @@
 import itertools
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -7,8 +9,11 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
+import xnn_lab.trees
+from _state import assert_state_kept, mix_states, public_api_taking_a_model, snapshot
 from xnn_lab.models import MLP
-from xnn_lab.trees import DecisionTree, plot_regions, plot_tree, to_decision_tree
+from xnn_lab.trees import DecisionTree, to_decision_tree
+from xnn_lab.viz import plot_regions, plot_tree
 
 BOX = (-2.0, 2.0)
 
@@ -247,8 +252,105 @@ def test_text_and_plots():
         plot_regions(to_decision_tree(net), ylim=(-1.0, 1.0))
     with pytest.raises(ValueError, match="feature_names"):
         tree.to_text(feature_names=["a"])
-    with pytest.raises(ValueError, match="max_leaves=2"):
+    with pytest.raises(ValueError, match="max_leaves=2.*max_depth"):
         plot_tree(tree, max_leaves=2)
+    assert tree.node_text(0, ["a", "b"]) in text
+    with pytest.raises(ValueError, match="node must be <="):
+        tree.node_text(tree.n_nodes)
+
+
+def _drawn_boxes(ax):
+    """The window extents of the boxed texts (nodes and leaves) of a drawn tree."""
+    ax.figure.canvas.draw()
+    boxed = [text for text in ax.texts if text.get_bbox_patch() is not None]
+    return boxed, [text.get_bbox_patch().get_window_extent() for text in boxed]
+
+
+def test_tree_figure_is_readable_at_page_width():
+    """The chapter's figure: a new figure at most 9 inches wide, text of 9 pt, no box overlapping
+    another or leaving the figure, and each leaf's box in its region's colour."""
+    tree = to_decision_tree(random_net(2, (3, 3), 2, seed=0), domain=BOX)
+    assert tree.n_leaves >= 6 and tree.depth >= 3
+    ax = plot_tree(tree)
+    width, _ = ax.figure.get_size_inches()
+    assert width <= 9
+    boxed, extents = _drawn_boxes(ax)
+    assert len(boxed) == tree.n_leaves + tree.n_nodes
+    assert min(text.get_fontsize() for text in boxed) >= 8
+    assert all(ax.figure.bbox.contains(e.x0, e.y0) and ax.figure.bbox.contains(e.x1, e.y1) for e in extents)
+    for a, b in itertools.combinations(extents, 2):
+        assert not a.overlaps(b), (a, b)
+    leaf_faces = {text.get_text().split()[1]: text.get_bbox_patch().get_facecolor()[:3]
+                  for text in boxed if text.get_text().startswith("leaf ")}
+    assert len(set(leaf_faces.values())) > 1  # coloured by region, not all one colour
+
+
+def test_tree_figure_folds_deep_subtrees():
+    tree = to_decision_tree(random_net(2, (4, 4), 1, seed=73), domain=BOX)
+    with pytest.raises(ValueError, match="max_leaves=4"):
+        plot_tree(tree, max_leaves=4)
+    ax = plot_tree(tree, max_depth=1, max_leaves=4)
+    labels = [text.get_text() for text in ax.texts]
+    folded = [label for label in labels if label.endswith("leaves below")]
+    assert len(folded) == 2 and sum(int(label.split()[0]) for label in folded) == tree.n_leaves
+    assert labels.count("no") == labels.count("yes") == 1
+    _, extents = _drawn_boxes(ax)
+    for a, b in itertools.combinations(extents, 2):
+        assert not a.overlaps(b)
+
+
+def test_region_labels_sit_in_their_regions():
+    net = random_net(2, (3,), 2, seed=71)
+    tree = to_decision_tree(net, domain=BOX)
+    ax = plot_regions(tree, resolution=100, labels=True)
+    assert len(ax.texts) >= 2
+    for text in ax.texts:
+        x, y = text.get_position()
+        assert int(tree.leaf_index(torch.tensor([x, y], dtype=torch.float64))) == int(text.get_text())
+
+
+@pytest.mark.parametrize("package", ["xnn_lab.trees", "xnn_lab.influence"])
+def test_the_algorithm_does_not_import_matplotlib(package):
+    code = f"import sys, {package}; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _mixed_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 3), nn.LeakyReLU(0.1),
+                         nn.Linear(3, 2)).double()
+
+
+STATE_CALLS = {
+    "to_decision_tree": [lambda model: to_decision_tree(model, domain=BOX),
+                         lambda model: to_decision_tree(model, data=uniform(50, 2, seed=0))],
+}
+
+
+@pytest.mark.parametrize("name, call", [(name, call) for name, calls in STATE_CALLS.items() for call in calls])
+def test_keeps_the_model_state(name, call):
+    model = mix_states(_mixed_net())
+    before = snapshot(model)
+    tree = call(model)
+    assert_state_kept(model, before)
+    assert_same(tree, model.eval(), uniform(50, 2, seed=0))  # the tree is the network in eval mode
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_keeps_a_cuda_model_on_its_device():
+    model = mix_states(_mixed_net().cuda())
+    before = snapshot(model)
+    tree = to_decision_tree(model, domain=BOX)
+    assert_state_kept(model, before)
+    x = uniform(100, 2, seed=1).cuda()
+    with torch.no_grad():
+        expected = model.eval()(x)
+    assert tree.predict(x).device == x.device
+    torch.testing.assert_close(tree.predict(x), expected, rtol=0, atol=1e-10)
+
+
+def test_state_tests_cover_the_public_api():
+    assert set(STATE_CALLS) == public_api_taking_a_model(xnn_lab.trees)
 
 
 @pytest.mark.parametrize("model, error, match", [

@@ -8,7 +8,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xnn_lab.train import History
+from xnn_lab import History
 from xnn_lab.viz import overlay, plot_history, plot_ice, show_images, show_overlays
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

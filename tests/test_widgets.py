@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from xnn_lab.cam import GradCAM
+from xnn_lab.cam import GradCAM, cam_explainers
 from xnn_lab.models import SmallCNN
 from xnn_lab.widgets import cam_explorer, cam_grid
 
@@ -16,7 +16,7 @@ def _model():
 
 def test_cam_grid_draws_every_layer_and_method():
     model, image = _model(), torch.rand(3, 16, 16)
-    fig = cam_grid(model, image, ["features.2", "features"], target=1, class_names=["a", "b", "c"])
+    fig = cam_grid(image, cam_explainers(model, ["features.2", "features"]), target=1, class_names=["a", "b", "c"])
     axes = fig.axes
     assert len(axes) == 2 * 4
     titles = [ax.get_title() for ax in axes]
@@ -32,17 +32,35 @@ def test_cam_grid_draws_every_layer_and_method():
 def test_cam_grid_checks_its_arguments():
     model, image = _model(), torch.rand(3, 16, 16)
     with pytest.raises(ValueError, match="methods must be a non-empty list drawn from"):
-        cam_grid(model, image, ["features"], ["LIME"])
+        cam_explainers(model, ["features"], ["LIME"])
+    explainers = cam_explainers(model, ["features"])
     with pytest.raises(ValueError, match="class_names must name the model's 3 classes"):
-        cam_grid(model, image, ["features"], class_names=["a"])
+        cam_grid(image, explainers, class_names=["a"])
     with pytest.raises(ValueError, match="target must be <= 2"):
-        cam_grid(model, image, ["features"], target=3)
+        cam_grid(image, explainers, target=3)
+    with pytest.raises(TypeError, match=r"explainers\['features'\]\['mine'\] must be a saliency explainer"):
+        cam_grid(image, {"features": {"mine": "not callable"}})
+
+
+def test_cam_grid_takes_any_saliency_explainer_and_keeps_the_model_state():
+    from captum.attr import Saliency
+
+    from tests._state import assert_state_kept, mix_states, snapshot
+    from xnn_lab.agnostic import CaptumExplainer
+
+    model, image = _model(), torch.rand(3, 16, 16)
+    mix_states(model)
+    before = snapshot(model)
+    fig = cam_grid(image, {"input": {"saliency": CaptumExplainer(Saliency(model)),
+                                     "Grad-CAM": GradCAM(model, "features")}}, class_names=["a", "b", "c"])
+    assert [ax.get_title() for ax in fig.axes][1:] == ["saliency @ input", "Grad-CAM @ input"]
+    assert_state_kept(model, before)
 
 
 def test_cam_explorer_says_what_it_needs_without_ipywidgets(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` fail
     with pytest.raises(ImportError, match="cam_explorer needs ipywidgets"):
-        cam_explorer(_model(), torch.rand(2, 3, 16, 16), ["features"])
+        cam_explorer(torch.rand(2, 3, 16, 16), cam_explainers(_model(), ["features"]))
 
 
 class _Control:
@@ -85,7 +103,8 @@ def test_cam_explorer_redraws_when_a_control_changes(monkeypatch):
     fake = types.SimpleNamespace(IntSlider=_Control, Dropdown=_Control, Output=_Output, HBox=_Box, VBox=_Box)
     monkeypatch.setitem(sys.modules, "ipywidgets", fake)
     plt.close("all")
-    ui = cam_explorer(_model(), torch.rand(2, 3, 16, 16), ["features.2", "features"], class_names=["a", "b", "c"])
+    ui = cam_explorer(torch.rand(2, 3, 16, 16), cam_explainers(_model(), ["features.2", "features"]),
+                      class_names=["a", "b", "c"])
     (_, target), (layer, method) = (box.children for box in ui.children[:2])
     assert layer.value == "features" and method.value == "CAM" and target.value == 0
     assert plt.gcf().axes[0].get_title() == "CAM @ features"

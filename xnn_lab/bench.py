@@ -15,20 +15,49 @@ once, in turn, so that drifts of the machine hit all alike; each method's best r
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from xnn_lab._checks import check_int
-from xnn_lab._runtime import device as default_device
+from xnn_lab._core.checks import check_int
+from xnn_lab._core.runtime import device as default_device
 from xnn_lab.cam import CAM, GradCAM
 from xnn_lab.metrics import deletion_curve, insertion_curve
 
-__all__ = ["bench_cam", "bench_influence", "bench_protopnet"]
+__all__ = ["RECORDED", "bench_cam", "bench_influence", "bench_protopnet", "hardware", "save_record"]
+
+# What a record may hold: each benchmark here, and the chapters timed by tools/chapters.py.
+RECORDED = ("cam", "influence", "protopnet", "chapters")
+
+
+def hardware(device: torch.device | str) -> dict[str, str]:
+    """A short description of the machine a benchmark ran on."""
+    device = torch.device(device)
+    info = {"device": device.type, "cpu": platform.processor() or platform.machine(),
+            "cores": str(os.cpu_count()), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def save_record(path: str | Path, benchmark: str, settings: dict, results: dict, device) -> dict:
+    """Write a benchmark's results, settings, date and hardware to ``path`` as JSON; return the record."""
+    if benchmark not in RECORDED:
+        raise ValueError(f"benchmark must be one of {sorted(RECORDED)}, got {benchmark!r}")
+    record = {"benchmark": benchmark, "date": datetime.date.today().isoformat(), "hardware": hardware(device),
+              "settings": settings, "results": {key: float(value) for key, value in results.items()}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
 
 
 def _synchronize(device: torch.device) -> None:
@@ -208,9 +237,7 @@ def bench_protopnet(n: int = 1024, *, image_size: int = 64, backbone: str = "sma
     """
     from xnn_lab.data import make_parts
     from xnn_lab.models import SmallCNN
-    from xnn_lab.models.protopnet import ProtoPNet, backbone_features
-    from xnn_lab.protopnet_training import train_stage
-    from xnn_lab.prototypes import push_prototypes
+    from xnn_lab.protopnet import ProtoPNet, backbone_features, push_prototypes, train_stage
 
     n = check_int("n", n, minimum=8)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -229,7 +256,7 @@ def bench_protopnet(n: int = 1024, *, image_size: int = 64, backbone: str = "sma
     seconds = _best_seconds({
         "epoch_s": lambda: train_stage(model, data, "joint", epochs=1, batch_size=batch_size, seed=seed,
                                        device=device),
-        "push_s": lambda: push_prototypes(model, data, batch_size=batch_size, device=device),
+        "push_s": lambda: push_prototypes(model, data, batch_size=batch_size),
     }, repeats, device)
     seconds["push/epoch"] = seconds["push_s"] / seconds["epoch_s"]
     where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")

@@ -1,14 +1,9 @@
-"""The ``xnn-lab`` command: ``zoo list|train|check``, ``chapters``, ``bench``, ``performance``, ``grade`` and
-``exercises``."""
+"""The ``xnn-lab`` command: ``zoo list|train|check``, ``bench``, ``grade`` and ``exercises``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
-
-import torch
 
 from xnn_lab.grading.cli import add_parsers as add_grading_parsers
 
@@ -36,42 +31,6 @@ def _zoo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _chapters(args: argparse.Namespace) -> int:
-    from xnn_lab._runtime import device
-    from xnn_lab.chapters import run_chapters
-
-    print(f"device: {device()}" + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
-    if args.require_cuda and not torch.cuda.is_available():
-        print("error: --require-cuda given but CUDA is not available", file=sys.stderr)
-        return 1
-    if args.jobs < 1:
-        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    runs = []
-    for run in run_chapters(args.notebooks, quick=args.quick, jobs=args.jobs):
-        runs.append(run)
-        status = "ok" if run.error is None else "FAILED"
-        print(f"{run.path}: {run.seconds:.1f} s ({'quick' if args.quick else 'full'} mode) {status}", flush=True)
-        if run.error is not None:
-            print(run.error, file=sys.stderr)
-    wall = time.perf_counter() - start
-    print(f"all chapters: {wall:.1f} s wall, {args.jobs} at a time")
-    failed = [run.path for run in runs if run.error is not None]
-    if failed:
-        print(f"error: {len(failed)} chapter(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    if args.json:
-        from xnn_lab.performance import save_record
-
-        results = {Path(run.path).stem: run.seconds for run in runs}
-        results["all (wall)"] = wall
-        settings = {"mode": "quick" if args.quick else "full", "jobs": args.jobs}
-        save_record(args.json, "chapters", settings, results, device())
-        print(f"record written to {args.json}")
-    return 0
-
-
 # The benchmarks of ``xnn-lab bench`` and the command-line settings each one takes.
 BENCHMARKS = {
     "cam": ("bench_cam", ("model", "layer", "batch_size", "image_size", "num_classes", "steps")),
@@ -84,8 +43,7 @@ def _bench(args: argparse.Namespace) -> int:
     import inspect
 
     from xnn_lab import bench
-    from xnn_lab._runtime import device
-    from xnn_lab.performance import save_record
+    from xnn_lab._core.runtime import device
 
     function_name, names = BENCHMARKS[args.what]
     others = {name for _, options in BENCHMARKS.values() for name in options} - set(names)
@@ -100,17 +58,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         defaults = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
                     if name in names}
-        save_record(args.json, args.what, {**defaults, **given}, results, args.device or device())
+        bench.save_record(args.json, args.what, {**defaults, **given}, results, args.device or device())
         print(f"record written to {args.json}")
-    return 0
-
-
-def _performance(args: argparse.Namespace) -> int:
-    from xnn_lab.performance import load_records, render_page
-
-    records = load_records(args.records)
-    Path(args.output).write_text(render_page(records))
-    print(f"{args.output}: {len(records)} records")
     return 0
 
 
@@ -124,16 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     zoo_parser.add_argument("--dir", default=None, help="checkpoint folder (default: the package's)")
     zoo_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     zoo_parser.set_defaults(run=_zoo)
-
-    chapters_parser = sub.add_parser("chapters", help="run chapters as scripts and print their timings")
-    chapters_parser.add_argument("notebooks", nargs="+")
-    chapters_parser.add_argument("--quick", action="store_true", help="quick mode (XNN_LAB_QUICK=1)")
-    chapters_parser.add_argument("--require-cuda", action="store_true", help="fail when no GPU is visible")
-    chapters_parser.add_argument("--jobs", type=int, default=1,
-                                 help="chapters run at once, each in its own process (default 1: in this one)")
-    chapters_parser.add_argument("--json", default=None, metavar="FILE",
-                                 help="also save the timings, mode, date and hardware as a record")
-    chapters_parser.set_defaults(run=_chapters)
 
     bench_parser = sub.add_parser("bench", help="time methods against their floor and peer libraries")
     bench_parser.add_argument("what", choices=sorted(BENCHMARKS))
@@ -150,11 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--json", default=None, metavar="FILE",
                               help="also save the results, settings, date and hardware as a record")
     bench_parser.set_defaults(run=_bench)
-
-    performance_parser = sub.add_parser("performance", help="write the book's Performance page from bench records")
-    performance_parser.add_argument("records", nargs="?", default="benchmarks", help="folder of records")
-    performance_parser.add_argument("--output", default="book/performance.md")
-    performance_parser.set_defaults(run=_performance)
 
     add_grading_parsers(sub)
 

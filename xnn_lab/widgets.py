@@ -1,12 +1,14 @@
 """Interactive explorers for live lectures (ipywidgets), and the static figure the book shows instead.
 
-``cam_explorer`` needs ``ipywidgets`` and a running Jupyter kernel; it is imported only when
-called. ``cam_grid`` draws the same views without it: one image, every layer and method.
+Both take saliency explainers as they are, ``explainer(x, target=None) -> (B, H, W)``, arranged
+as ``{row: {column: explainer}}`` (rows are usually layers, columns methods);
+:func:`xnn_lab.cam.cam_explainers` builds that for CAM, Grad-CAM and Grad-CAM++.
+``cam_explorer`` needs ``ipywidgets`` and a running Jupyter kernel; it is imported only when called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -14,89 +16,99 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from xnn_lab._checks import check_int, check_tensor
-from xnn_lab.cam import CAM, GradCAM, GradCAMPlusPlus
+from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.state import model_device, model_state
 from xnn_lab.viz import overlay
 
-METHODS = {"CAM": CAM, "Grad-CAM": GradCAM, "Grad-CAM++": GradCAMPlusPlus}
+Explainers = Mapping[str, Mapping[str, Callable]]
 
 
 class _Views:
-    """Explainers for every (method, layer) of one model, built once and reused."""
+    """The explainers' maps of a batch of images, each view drawn on demand."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, layers: Sequence[str], methods: Sequence[str],
-                 class_names: Sequence[str] | None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    def __init__(self, images: torch.Tensor, explainers: Explainers, class_names: Sequence[str] | None):
         check_tensor("images", images, ndim=4, floating=True)
-        if isinstance(layers, str) or not layers:
-            raise TypeError(f"layers must be a non-empty list of dotted layer names, got {layers!r}")
-        unknown = [m for m in methods if m not in METHODS]
-        if isinstance(methods, str) or not methods or unknown:
-            raise ValueError(f"methods must be a non-empty list drawn from {tuple(METHODS)}, got {methods!r}")
-        self.model, self.images, self.layers, self.methods = model, images, list(layers), list(methods)
-        with torch.no_grad():
-            self.classes = model(images[:1].to(next(model.parameters()).device)).shape[1]
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(self.classes)]
-        if len(self.class_names) != self.classes:
-            raise ValueError(f"class_names must name the model's {self.classes} classes, got {len(self.class_names)}")
-        self.explainers: dict[tuple[str, str], object] = {}
+        if (not isinstance(explainers, Mapping) or not explainers
+                or not all(isinstance(row, Mapping) and row for row in explainers.values())):
+            raise TypeError("explainers must map each row name to a non-empty {column name: explainer} mapping, "
+                            f"got {type(explainers).__name__}")
+        for row, columns in explainers.items():
+            for column, explainer in columns.items():
+                if not callable(explainer):
+                    raise TypeError(f"explainers[{row!r}][{column!r}] must be a saliency explainer "
+                                    f"(callable), got {type(explainer).__name__}")
+        self.images, self.explainers = images, explainers
+        self.rows = list(explainers)
+        self.columns = list(dict.fromkeys(column for row in explainers.values() for column in row))
+        self.model = next((e.model for row in explainers.values() for e in row.values()
+                           if isinstance(getattr(e, "model", None), nn.Module)), None)
+        self.classes = None if self.model is None else int(self._logits(images[:1]).shape[1])
+        if class_names is not None and self.classes is not None and len(class_names) != self.classes:
+            raise ValueError(f"class_names must name the model's {self.classes} classes, got {len(class_names)}")
+        count = self.classes if class_names is None else len(class_names)
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(count or 0)]
 
-    def draw(self, ax: Axes, index: int, target: int, layer: str, method: str) -> Axes:
-        """Draw the map of ``method`` at ``layer`` for image ``index`` and class ``target`` on ``ax``."""
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        with model_state(self.model), torch.no_grad():
+            return self.model(images.to(model_device(self.model, images.device)))
+
+    def predicted(self, index: int) -> int | None:
+        """The class the explainers' model predicts for image ``index`` (None without a model)."""
+        return None if self.model is None else int(self._logits(self.images[index:index + 1]).argmax())
+
+    def draw(self, ax: Axes, index: int, target: int | None, row: str, column: str) -> Axes:
+        """Draw the map of ``explainers[row][column]`` for image ``index`` and class ``target`` on ``ax``."""
         image = self.images[index:index + 1]
+        explainer, title = self.explainers[row].get(column), f"{column} @ {row}"
         try:
-            if (method, layer) not in self.explainers:
-                self.explainers[(method, layer)] = METHODS[method](self.model, layer)
-            heat, title = self.explainers[(method, layer)](image, target)[0], f"{method} @ {layer}"
-        except ValueError:  # CAM explains only the layer its head pools: show an empty panel
-            heat, title = torch.zeros(image.shape[-2:]), f"{method} @ {layer}: n/a"
+            if explainer is None:
+                raise ValueError(f"no {column} at {row}")
+            heat = explainer(image, target)[0]
+        except ValueError:  # e.g. CAM explains only the layer its head pools: show an empty panel
+            heat, title = torch.zeros(image.shape[-2:]), f"{title}: n/a"
         return overlay(image[0], heat, ax=ax, title=title)
 
 
-def cam_grid(model: nn.Module, image: torch.Tensor, layers: Sequence[str],
-             methods: Sequence[str] = tuple(METHODS), *, target: int | None = None,
+def cam_grid(image: torch.Tensor, explainers: Explainers, *, target: int | None = None,
              class_names: Sequence[str] | None = None, size: float = 2.0) -> Figure:
-    """Every (layer, method) map of one image in a grid: the explorer's views, as a static figure.
+    """Every explainer's map of one image in a grid: the explorer's views, as a static figure.
 
     Args:
-        model: the classifier.
         image: (C, H, W) image.
-        layers: dotted names of the layers, one row each.
-        methods: names from ``METHODS``, one column each; CAM shows "n/a" at layers it cannot explain.
-        target: the class to explain; the predicted class when ``None``.
+        explainers: ``{row: {column: explainer}}``; a column missing from a row, or an explainer
+            that cannot explain it (``ValueError``), shows an "n/a" panel.
+        target: the class to explain; the class the explainers' model (``explainer.model``)
+            predicts when ``None``.
         class_names: names of the model's classes, for the title.
         size: width and height of each panel in inches.
 
     Returns:
-        the figure: the image, then a row of maps per layer.
+        the figure: the image, then a row of maps per row of ``explainers``.
     """
     check_tensor("image", image, ndim=3, floating=True)
-    views = _Views(model, image[None], layers, methods, class_names)
+    views = _Views(image[None], explainers, class_names)
     if target is None:
-        with torch.no_grad():
-            target = int(model(image[None].to(next(model.parameters()).device)).argmax())
-    target = check_int("target", target, minimum=0, maximum=views.classes - 1)
-    columns = len(views.methods) + 1
-    fig, axes = plt.subplots(len(views.layers), columns, figsize=(columns * size, len(views.layers) * size),
+        target = views.predicted(0)
+    elif views.classes is not None:
+        target = check_int("target", target, minimum=0, maximum=views.classes - 1)
+    columns = len(views.columns) + 1
+    fig, axes = plt.subplots(len(views.rows), columns, figsize=(columns * size, len(views.rows) * size),
                              squeeze=False)
-    for row, layer in enumerate(views.layers):
-        overlay(image, torch.zeros(image.shape[-2:]), ax=axes[row, 0], alpha=0.0,
-                title=views.class_names[target] if row == 0 else None)
-        for column, method in enumerate(views.methods, start=1):
-            views.draw(axes[row, column], 0, target, layer, method)
+    for r, row in enumerate(views.rows):
+        title = (views.class_names[target] if target is not None and views.class_names else None) if r == 0 else None
+        overlay(image, torch.zeros(image.shape[-2:]), ax=axes[r, 0], alpha=0.0, title=title)
+        for c, column in enumerate(views.columns, start=1):
+            views.draw(axes[r, c], 0, target, row, column)
     return fig
 
 
-def cam_explorer(model: nn.Module, images: torch.Tensor, layers: Sequence[str],
-                 methods: Sequence[str] = tuple(METHODS), *, class_names: Sequence[str] | None = None):
-    """An ipywidgets explorer for live lectures: pick an image, a class, a layer and a method.
+def cam_explorer(images: torch.Tensor, explainers: Explainers, *, class_names: Sequence[str] | None = None):
+    """An ipywidgets explorer for live lectures: pick an image, a class, a row (layer) and a column (method).
 
     Args:
-        model: the classifier.
         images: (N, C, H, W) images to choose from.
-        layers: dotted names of the layers to offer.
-        methods: names from ``METHODS`` to offer.
+        explainers: ``{row: {column: explainer}}``, as :func:`cam_grid` takes them; the explainers
+            need a ``.model`` to offer the classes.
         class_names: names of the model's classes.
 
     Returns:
@@ -110,13 +122,16 @@ def cam_explorer(model: nn.Module, images: torch.Tensor, layers: Sequence[str],
     except ImportError:
         raise ImportError("cam_explorer needs ipywidgets (pip install ipywidgets) and a Jupyter kernel; "
                           "without it, xnn_lab.widgets.cam_grid draws the same views as a static figure") from None
-    views = _Views(model, images, layers, methods, class_names)
+    views = _Views(images, explainers, class_names)
+    if not views.class_names:
+        raise ValueError("explainers: cam_explorer needs explainers that hold their model (explainer.model) "
+                         "or class_names, to offer the classes")
     output = ipywidgets.Output()
     controls = {
         "index": ipywidgets.IntSlider(0, 0, len(images) - 1, description="image"),
         "target": ipywidgets.Dropdown(options=[(n, c) for c, n in enumerate(views.class_names)], description="class"),
-        "layer": ipywidgets.Dropdown(options=views.layers, value=views.layers[-1], description="layer"),
-        "method": ipywidgets.Dropdown(options=views.methods, description="method"),
+        "row": ipywidgets.Dropdown(options=views.rows, value=views.rows[-1], description="layer"),
+        "column": ipywidgets.Dropdown(options=views.columns, description="method"),
     }
 
     def redraw(_=None):

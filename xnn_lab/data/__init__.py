@@ -1,6 +1,6 @@
 """Data with ground truth, generated in code or shipped by scikit-learn; nothing is downloaded.
 
-Every set is an in-memory dataset whose ``tensors`` are ``(X, y)``, so ``xnn_lab.train.fit``
+Every set is an in-memory dataset whose ``tensors`` are ``(X, y)``, so ``xnn_lab.fit``
 takes it directly.
 """
 

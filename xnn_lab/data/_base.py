@@ -20,5 +20,5 @@ class ImageSet(Dataset):
 
     @property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(images, labels)`` pair, for code that slices the tensors directly (``xnn_lab.train.fit``)."""
+        """The ``(images, labels)`` pair, for code that slices the tensors directly (``xnn_lab.fit``)."""
         return self.images, self.labels

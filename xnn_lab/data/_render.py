@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xnn_lab._checks import check_int
+from xnn_lab._core.checks import check_int
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 256

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor, resize
 
-from xnn_lab._checks import check_choice, check_int
+from xnn_lab._core.checks import check_choice, check_int
 
 SPLITS = ("train", "test", "all")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xnn_lab._checks import check_choice, check_float, check_int
+from xnn_lab._core.checks import check_choice, check_float, check_int
 from xnn_lab.data import _render
 from xnn_lab.data._base import ImageSet
 

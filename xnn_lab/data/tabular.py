@@ -11,7 +11,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from xnn_lab._checks import check_choice, check_tensor
+from xnn_lab._core.checks import check_choice, check_tensor
 
 SPLITS = ("train", "val", "test", "all")
 # 70/15/15, stratified; the seed is fixed so that a split never changes between runs.
@@ -66,7 +66,7 @@ class TabularData(Dataset):
 
     @property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(X, y)`` pair, for code that slices the tensors directly (``xnn_lab.train.fit``)."""
+        """The ``(X, y)`` pair, for code that slices the tensors directly (``xnn_lab.fit``)."""
         return self.X, self.y
 
     @property

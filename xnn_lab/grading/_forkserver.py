@@ -27,8 +27,9 @@ import sys
 # thread (a forked child would inherit a broken copy of it): no torch op runs in the server.
 PRELOAD = (
     "numpy", "torch", "torch.nn.functional", "matplotlib", "matplotlib.pyplot",
-    "xnn_lab", "xnn_lab.cam", "xnn_lab.metrics", "xnn_lab.trees", "xnn_lab.agnostic", "xnn_lab.train",
-    "xnn_lab.models", "xnn_lab.data", "xnn_lab.zoo", "xnn_lab.viz", "xnn_lab.influence", "xnn_lab.stability",
+    "xnn_lab", "xnn_lab.cam", "xnn_lab.metrics", "xnn_lab.trees", "xnn_lab.agnostic", "xnn_lab.models",
+    "xnn_lab.data", "xnn_lab.zoo", "xnn_lab.viz", "xnn_lab.influence", "xnn_lab.protopnet", "xnn_lab.senn",
+    "xnn_lab.concepts",
     "ipykernel.kernelapp", "ipykernel.ipkernel",
 )
 

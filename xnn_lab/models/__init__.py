@@ -1,9 +1,10 @@
-"""Models from the lecture. What explains a model lives outside this package."""
+"""The black boxes the book explains: a small CNN with a global-average-pooling head, and an MLP.
+
+The self-explaining models live with their methods (``xnn_lab.protopnet``, ``xnn_lab.senn``,
+``xnn_lab.concepts``).
+"""
 
 from xnn_lab.models.cnn import SmallCNN
-from xnn_lab.models.concepts import ConceptBottleneck, MultitaskCNN, TEDClassifier
 from xnn_lab.models.mlp import MLP
-from xnn_lab.models.protopnet import ProtoPNet
-from xnn_lab.models.senn import SENN, SENNOutput
 
-__all__ = ["ConceptBottleneck", "MLP", "MultitaskCNN", "ProtoPNet", "SENN", "SENNOutput", "SmallCNN", "TEDClassifier"]
+__all__ = ["MLP", "SmallCNN"]

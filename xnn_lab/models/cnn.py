@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xnn_lab._checks import check_int, check_tensor
+from xnn_lab._core.checks import check_int, check_tensor
 
 
 class SmallCNN(nn.Module):

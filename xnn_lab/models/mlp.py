@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from xnn_lab._checks import check_choice, check_int
+from xnn_lab._core.checks import check_choice, check_int
 
 _ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
 

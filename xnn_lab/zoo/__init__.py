@@ -17,10 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from xnn_lab._checks import check_choice
-from xnn_lab._runtime import device as default_device
-from xnn_lab._runtime import seed_everything
-from xnn_lab.train import fit
+from xnn_lab._core.checks import check_choice
+from xnn_lab._core.runtime import device as default_device
+from xnn_lab._core.runtime import seed_everything
+from xnn_lab._core.training import fit
 from xnn_lab.zoo.recipes import ARCHITECTURES, RECIPES, Recipe, measure
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"

@@ -9,7 +9,7 @@ from torch import nn
 
 from xnn_lab.data import load_breast_cancer, make_shapes
 from xnn_lab.models import MLP, SmallCNN
-from xnn_lab.train import evaluate
+from xnn_lab._core.training import evaluate
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN, "MLP": MLP}
 
@@ -19,7 +19,7 @@ class Recipe:
     """A reproducible zoo entry.
 
     ``data`` describes the data set and its seed, ``training`` holds the keyword arguments of
-    ``xnn_lab.train.fit``, ``metrics`` maps a metric name to the evaluation split it is measured on.
+    ``xnn_lab.fit``, ``metrics`` maps a metric name to the evaluation split it is measured on.
     """
 
     name: str

@@ -1,8 +1,7 @@
 """Graded questions of ``solutions/05_protopnet.ipynb``: ProtoPNet's distances, similarity, costs and push.
 
-References come from ``xnn_lab.models.protopnet`` (``ProtoPNet.distances``,
-``ProtoPNet.from_latent``) and ``xnn_lab.protopnet_training`` (``protopnet_loss``,
-``wrong_class_l1``); the push is a short independent computation (see ``pushed_prototypes``).
+References come from ``xnn_lab.protopnet`` (``ProtoPNet.distances``, ``ProtoPNet.from_latent``,
+``protopnet_loss``, ``wrong_class_l1``); the push is a short independent computation (see ``pushed_prototypes``).
 Trials are fresh ProtoPNets of random sizes on a tiny SmallCNN backbone (float64, eval mode,
 random batch-norm statistics), with random latent grids or images.
 """
@@ -15,8 +14,7 @@ import torch
 
 from xnn_lab.grading.question import Question
 from xnn_lab.models import SmallCNN
-from xnn_lab.models.protopnet import ProtoPNet, log_similarity
-from xnn_lab.protopnet_training import protopnet_loss, wrong_class_l1
+from xnn_lab.protopnet import ProtoPNet, log_similarity, protopnet_loss, wrong_class_l1
 
 
 def _generator(seed: int, salt: int) -> torch.Generator:
@@ -97,9 +95,8 @@ def _separation_cost(model, images, labels):
 def pushed_prototypes(model: ProtoPNet, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The prototype vectors (M, D) after the push: each the nearest latent patch of an image of its class.
 
-    Written here, independently of the solution and of ``xnn_lab.prototypes.push_prototypes``
-    (whose buffers are float32, so it cannot push a float64 model, and in float32 a near tie
-    between two patches may be broken either way): all distances at once, in the model's dtype.
+    Written here, independently of the solution and of ``xnn_lab.protopnet.push_prototypes`` (a
+    test checks that the two agree): all distances at once, in the model's dtype.
     """
     z = model.latent(images)                                                      # (B, D, h, w)
     batch, dim = z.shape[:2]
@@ -117,7 +114,7 @@ EPSILON = 1e-4
 def half_similarity_distance() -> float:
     """The squared distance d at which log((d + 1) / (d + epsilon)) is half its value at d = 0, epsilon = 1e-4.
 
-    Found by bisection on ``xnn_lab.models.protopnet.log_similarity`` (decreasing in d), in float64.
+    Found by bisection on ``xnn_lab.protopnet.log_similarity`` (decreasing in d), in float64.
     """
     half = 0.5 * math.log(1 / EPSILON)
     low, high = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)

@@ -1,8 +1,8 @@
 """Graded questions of ``solutions/06_senn.ipynb``: SENN's aggregator, robustness loss, loss and stability.
 
-References come from ``xnn_lab.models.senn`` and ``xnn_lab.senn_training``; the sampled
-Lipschitz estimate, for which ``xnn_lab.stability.local_lipschitz`` draws its own points, is a
-short independent computation here. Trials are fresh SENNs and inputs of random sizes.
+References come from ``xnn_lab.senn``; the sampled Lipschitz estimate, for which
+``xnn_lab.metrics.local_lipschitz`` draws its own points, is a short independent computation
+here. Trials are fresh SENNs and inputs of random sizes.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import torch
 
 from xnn_lab.data import load_breast_cancer
 from xnn_lab.grading.question import Question
-from xnn_lab.models.senn import SENN
-from xnn_lab.senn_training import fit_senn, robustness_loss, robustness_residual, senn_loss
+from xnn_lab.senn import SENN, fit_senn, robustness_loss, robustness_residual, senn_loss
 
 BENIGN = 1
 

@@ -1,6 +1,6 @@
 """Graded questions of ``solutions/07_multitask.ipynb``: the joint loss, interventions, TED's classes.
 
-References come from ``xnn_lab.models.concepts`` (``JointLoss``, ``ConceptBottleneck.intervene``,
+References come from ``xnn_lab.concepts`` (``JointLoss``, ``ConceptBottleneck.intervene``,
 ``encode_ted``, ``decode_ted``); the intervention curve is a short composition of ``intervene``
 here, and the agreement of a multitask model's labels with its own concepts a short independent
 computation. Trials are fresh bottlenecks (tiny SmallCNN widths, small images) and random tensors.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from xnn_lab.concepts import ConceptBottleneck, JointLoss, decode_ted, encode_ted
 from xnn_lab.data import make_parts
 from xnn_lab.grading.question import Question
-from xnn_lab.models.concepts import ConceptBottleneck, JointLoss, decode_ted, encode_ted
 
 
 def _generator(seed: int, salt: int) -> torch.Generator:

@@ -1,0 +1,154 @@
+"""Saliency maps scored against the model: deletion and insertion (Petsiuk et al., 2018)."""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.state import model_state
+
+
+def saliency_ranks(maps: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Each pixel's rank in decreasing saliency, 0 for the most salient; ties in random order.
+
+    Args:
+        maps: (B, H, W) saliency maps.
+        seed: orders tied pixels (the same random order of positions for every map).
+
+    Returns:
+        (B, H * W) int64 ranks, row-major pixel order, on the maps' device.
+    """
+    check_tensor("maps", maps, ndim=3, floating=True)
+    check_int("seed", seed, minimum=0)
+    flat = maps.flatten(1)
+    shuffle = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed)).to(flat.device)
+    order = shuffle[torch.argsort(flat[:, shuffle], dim=1, descending=True, stable=True)]
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
+
+
+def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: int, baseline,
+                         batch_size: int, seed: int) -> torch.Tensor:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_tensor("images", images, ndim=4, floating=True)
+    check_tensor("maps", maps, ndim=3, floating=True)
+    n, _, height, width = images.shape
+    if maps.shape != (n, height, width):
+        raise ValueError(f"maps must have shape {(n, height, width)} (one map per image, at its size), "
+                         f"got {tuple(maps.shape)}")
+    steps = check_int("steps", steps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    target = _check_class_target(target, n, images.device)
+    if isinstance(baseline, torch.Tensor):
+        try:
+            baseline = torch.broadcast_to(baseline.to(images), images.shape)
+        except RuntimeError:
+            raise ValueError(f"baseline must broadcast to the images' shape {tuple(images.shape)}, "
+                             f"got shape {tuple(baseline.shape)}") from None
+    else:
+        baseline = torch.full((1,), check_float("baseline", baseline), dtype=images.dtype,
+                              device=images.device).expand(images.shape)
+    pixels = height * width
+    ranks = saliency_ranks(maps.to(images.device), seed=seed)
+    counts = torch.arange(steps + 1, device=images.device) * pixels // steps
+    pairs = n * (steps + 1)
+    scores = torch.empty(pairs, dtype=images.dtype, device=images.device)
+    with model_state(model), torch.no_grad():
+        # Row k of the flattened (image, step) grid is image k // (steps + 1) at step k % (steps + 1);
+        # each chunk of rows becomes one batch of perturbed images and one forward pass.
+        for start in range(0, pairs, batch_size):
+            rows = torch.arange(start, min(start + batch_size, pairs), device=images.device)
+            image, step = rows // (steps + 1), rows % (steps + 1)
+            changed = (ranks[image] < counts[step][:, None]).view(-1, 1, height, width)
+            # Deletion puts the baseline on the changed pixels, insertion puts the image there.
+            on_changed, elsewhere = ((images[image], baseline[image]) if insert
+                                     else (baseline[image], images[image]))
+            logits = model(torch.where(changed, on_changed, elsewhere))
+            scores[start:start + len(rows)] = F.softmax(logits, dim=1).gather(1, target[image][:, None])[:, 0]
+    return scores.view(n, steps + 1)
+
+
+def _check_class_target(target, n: int, device: torch.device) -> torch.Tensor:
+    """``target`` (an int or an (n,) int tensor) as an (n,) int64 tensor on ``device``."""
+    if isinstance(target, torch.Tensor):
+        check_tensor("target", target, ndim=1, integral=True)
+        if len(target) != n:
+            raise ValueError(f"target must have one class per image ({n}), got shape {tuple(target.shape)}")
+        return target.to(device, torch.int64)
+    return torch.full((n,), check_int("target", target, minimum=0), dtype=torch.int64, device=device)
+
+
+def deletion_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, steps: int = 32,
+                   baseline=0.0, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Deletion (Petsiuk et al., 2018): the class probability as the most salient pixels are removed.
+
+    Step s replaces the top-ranked pixels of each image by the baseline; a faithful map makes
+    the probability fall fast (a low :func:`area_under_curve` is good).
+
+    Args:
+        model: the classifier, mapping (B, C, H, W) images to (B, classes) logits; run in eval
+            mode (each module's flag restored afterwards), without gradients.
+        images: (N, C, H, W) images.
+        maps: (N, H, W) saliency maps at the images' size; pixels are taken in decreasing
+            saliency, ties in random order (see :func:`saliency_ranks`).
+        target: the class to score, an int or an (N,) int tensor.
+        steps: S; step s changes the floor(s H W / S) most salient pixels, s = 0 .. S.
+        baseline: what a removed pixel becomes: a number or a tensor broadcastable to
+            ``images``.
+        batch_size: perturbed images per forward pass; all N (S + 1) of them are built and
+            scored in chunks of this size on the images' device.
+        seed: orders pixels of equal saliency.
+
+    Returns:
+        (N, S + 1) softmax probabilities of the target class, step 0 first.
+    """
+    return _perturbation_curves(model, images, maps, target, insert=False, steps=steps, baseline=baseline,
+                                batch_size=batch_size, seed=seed)
+
+
+def insertion_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, steps: int = 32,
+                    baseline=0.0, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Insertion (Petsiuk et al., 2018): the class probability as the most salient pixels are restored.
+
+    Step s starts from the baseline and puts back the top-ranked pixels of each image; a
+    faithful map makes the probability rise fast (a high :func:`area_under_curve` is good).
+
+    Args:
+        model: the classifier, mapping (B, C, H, W) images to (B, classes) logits; run in eval
+            mode (each module's flag restored afterwards), without gradients.
+        images: (N, C, H, W) images.
+        maps: (N, H, W) saliency maps at the images' size; pixels are taken in decreasing
+            saliency, ties in random order (see :func:`saliency_ranks`).
+        target: the class to score, an int or an (N,) int tensor.
+        steps: S; step s changes the floor(s H W / S) most salient pixels, s = 0 .. S.
+        baseline: the image the pixels are inserted into: a number or a tensor broadcastable
+            to ``images`` (the paper uses a blurred copy).
+        batch_size: perturbed images per forward pass; all N (S + 1) of them are built and
+            scored in chunks of this size on the images' device.
+        seed: orders pixels of equal saliency.
+
+    Returns:
+        (N, S + 1) softmax probabilities of the target class, step 0 first.
+    """
+    return _perturbation_curves(model, images, maps, target, insert=True, steps=steps, baseline=baseline,
+                                batch_size=batch_size, seed=seed)
+
+
+def area_under_curve(curves: torch.Tensor) -> torch.Tensor:
+    """Trapezoidal area under curves sampled at x = s / S, s = 0 .. S (the fraction of pixels changed).
+
+    Args:
+        curves: (N, S + 1), as from :func:`deletion_curve` or :func:`insertion_curve`.
+
+    Returns:
+        (N,) areas.
+    """
+    check_tensor("curves", curves, ndim=2, floating=True)
+    if curves.shape[1] < 2:
+        raise ValueError(f"curves must have at least 2 points each, got shape {tuple(curves.shape)}")
+    return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * (curves.shape[1] - 1))
