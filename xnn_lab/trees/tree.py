@@ -605,7 +605,7 @@ class DecisionTree:
                 lines.append(f"{indent}leaf {leaf} [{self.pattern_text(leaf)}]: "
                              + self.leaf_text(leaf, names, precision, max_terms))
             elif max_depth is not None and depth >= max_depth:
-                lines.append(f"{indent}... ({self._count_leaves(ref)} leaves)")
+                lines.append(f"{indent}... ({self.count_leaves(ref)} leaves)")
             else:
                 affine = self.node_text(ref, names, precision, max_terms)
                 unit = f"    (layer {int(self.node_layer[ref])}, unit {int(self.node_unit[ref])})"
@@ -615,7 +615,7 @@ class DecisionTree:
                           (below, depth + 1), f"{indent}{affine} <= 0{unit}"]
         return "\n".join(lines)
 
-    def _count_leaves(self, ref: int) -> int:
+    def count_leaves(self, ref: int) -> int:
         """The number of leaves under the node or leaf ``ref``."""
         count, stack = 0, [ref]
         while stack:

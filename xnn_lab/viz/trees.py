@@ -136,7 +136,7 @@ def plot_tree(tree: DecisionTree, ax: Axes | None = None, feature_names=None, pr
             nodes[ref] = (depth, below, above)
             stack += [(above, depth + 1), (below, depth + 1)]
         else:
-            rows.append((ref, _count_leaves(tree, ref)))
+            rows.append((ref, tree.count_leaves(ref)))
         if len(rows) > max_leaves:
             cut = "" if max_depth is None else f" at max_depth={max_depth}"
             raise ValueError(f"plot_tree draws at most max_leaves={max_leaves} rows, got a tree with "
@@ -222,18 +222,6 @@ def plot_tree(tree: DecisionTree, ax: Axes | None = None, feature_names=None, pr
     ax.set_ylim(-height_em, 0)
     ax.set_axis_off()
     return ax
-
-
-def _count_leaves(tree: DecisionTree, ref: int) -> int:
-    """The number of leaves under the node or leaf ``ref``."""
-    count, stack = 0, [ref]
-    while stack:
-        ref = stack.pop()
-        if ref < 0:
-            count += 1
-        else:
-            stack += tree.node_children[ref].tolist()
-    return count
 
 
 def plot_regions(tree: DecisionTree, ax: Axes | None = None, xlim=None, ylim=None,
