@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +13,9 @@ matplotlib.use("Agg")
 # The repository tooling (tools/) is not installed with the package; its tests import it from the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XNN_LAB_QUICK", "1")
+# Models a developer trained into their own zoo folder must not stand in for the shipped ones.
+os.environ["XNN_LAB_ZOO"] = tempfile.mkdtemp(prefix="xnn-lab-zoo-")
+atexit.register(shutil.rmtree, os.environ["XNN_LAB_ZOO"], True)
 
 
 @pytest.fixture(autouse=True)

@@ -70,7 +70,54 @@ def test_chapters_in_parallel_run_each_in_its_own_process_and_report_failures(tm
 
 def test_chapters_refuse_a_job_count_below_one(tmp_path, capsys):
     good = _write_notebook(tmp_path / "01_good.ipynb", "x = 1")
-    assert chapters.main(["--jobs", "0", good]) == 2
-    assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        chapters.main(["--jobs", "0", good])
+    assert exit_.value.code == 2 and "--jobs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="jobs"):
         list(run_chapters([good], jobs=0))
+
+
+def _xnn_lab(*argv: str, env: dict | None = None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "xnn_lab.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_a_user_error_prints_one_line_and_exits_2_and_debug_shows_the_traceback():
+    run = _xnn_lab("zoo", "check", "resnet9000")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("xnn-lab: error: unknown zoo model 'resnet9000'")
+    run = _xnn_lab("zoo", "check", "resnet9000", "--debug")
+    assert run.returncode != 0 and "Traceback" in run.stderr and "UsageError" in run.stderr
+
+
+def test_help_of_every_subcommand_and_the_version_load_no_pytorch():
+    probe = ("import sys, contextlib, io\nfrom xnn_lab.cli import main\n"
+             "for argv in ([], ['zoo'], ['bench'], ['grade'], ['exercises']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "        main([*argv, '--help'])\n"
+             "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+             "    main(['--version'])\n"
+             "print(out.getvalue().strip(), 'torch' in sys.modules)\n")
+    import subprocess
+    import sys
+
+    import xnn_lab
+
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"xnn-lab {xnn_lab.__version__} False"
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra(monkeypatch, capsys):
+    import importlib.util
+
+    from xnn_lab import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbgrader" else real(name, *a))
+    assert cli.main(["exercises", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'xnn_lab[grading]'" in err and "nbgrader" in err

@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also save the timings, mode, date and hardware as a record")
     args = parser.parse_args(argv)
+    missing = [path for path in args.notebooks if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
     import torch
 
@@ -120,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.require_cuda and not torch.cuda.is_available():
         print("error: --require-cuda given but CUDA is not available", file=sys.stderr)
         return 1
-    if args.jobs < 1:
-        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     runs = []
     for run in run_chapters(args.notebooks, quick=args.quick, jobs=args.jobs):

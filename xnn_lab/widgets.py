@@ -120,7 +120,7 @@ def cam_explorer(images: torch.Tensor, explainers: Explainers, *, class_names: S
     try:
         import ipywidgets
     except ImportError:
-        raise ImportError("cam_explorer needs ipywidgets (pip install ipywidgets) and a Jupyter kernel; "
+        raise ImportError("cam_explorer needs ipywidgets (pip install 'xnn_lab[widgets]') and a Jupyter kernel; "
                           "without it, xnn_lab.widgets.cam_grid draws the same views as a static figure") from None
     views = _Views(images, explainers, class_names)
     if not views.class_names:

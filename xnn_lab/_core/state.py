@@ -55,3 +55,20 @@ def model_device(model: nn.Module, fallback: torch.device | str | None = None) -
     if tensor is not None:
         return tensor.device
     return torch.device(fallback) if fallback is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def gradients_enabled() -> Iterator[None]:
+    """Autograd on within the block, even when the caller wraps the call in ``torch.no_grad()``
+    or ``torch.inference_mode()`` (a common way to wrap an evaluation). Tensors made inside
+    inference mode cannot take part in a backward: pass inputs through :func:`autograd_ready`."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def autograd_ready(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a plain copy of it when it was made inside ``torch.inference_mode()``."""
+    if not x.is_inference():
+        return x
+    with torch.inference_mode(False):
+        return x.clone()

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from xnn_lab._core.checks import check_choice, check_float, check_int
+from xnn_lab._core.checks import (check_choice, check_device, check_finite, check_float, check_int, check_labels,
+                                  check_parameters_finite, check_tensor, input_errors)
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab._core.state import model_device, model_state
 
@@ -85,8 +86,8 @@ def tensor_pair(name: str, data, *, collate: bool = False) -> tuple[torch.Tensor
     None is returned for it, and callers iterate it with a DataLoader.
 
     Raises:
-        TypeError, ValueError: naming ``name``, for data that is none of these, or X and y of
-            different lengths, or no examples.
+        TypeError, ValueError: naming ``name``, for data that is none of these, X and y of
+            different lengths, no examples, or NaN or Inf in X or y.
     """
     pair = data if isinstance(data, (tuple, list)) else getattr(data, "tensors", None)
     if pair is None:
@@ -105,6 +106,8 @@ def tensor_pair(name: str, data, *, collate: bool = False) -> tuple[torch.Tensor
                          f"and y of shape {tuple(y.shape)}")
     if len(X) == 0:
         raise ValueError(f"{name} is empty")
+    check_finite(f"{name}'s X", X)
+    check_finite(f"{name}'s y", y)
     return X, y
 
 
@@ -116,6 +119,8 @@ def iterate_batches(name: str, data, batch_size: int, *, device: torch.device, s
     if pair is None:
         loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
         for X, y in loader:
+            check_finite(f"{name}'s X", X)
+            check_finite(f"{name}'s y", y)
             yield X.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
     X, y = pair
@@ -133,13 +138,28 @@ def _scorable(logits: torch.Tensor | None, y: torch.Tensor) -> bool:
 
 def _loss_objective(model: nn.Module, loss_fn: LossFn | None) -> Objective:
     """The objective of a plain classifier: ``loss_fn(model(X), y)``, cross-entropy by default."""
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
 
     def objective(X: torch.Tensor, y: torch.Tensor) -> Step:
         logits = model(X)
+        if default and _scorable(logits, y):
+            check_labels("y", y, logits.shape[1])
         return Step(loss_fn(logits, y), logits)
 
+    default = loss_fn is None
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     return objective
+
+
+def _run(objective: Objective, name: str, X: torch.Tensor, y: torch.Tensor) -> Step:
+    """``objective(X, y)`` on a batch of ``name``; a batch that does not fit the model (a wrong
+    width, a label out of range) raises a ``ValueError`` naming ``name``."""
+    try:
+        return objective(X, y)
+    except (ValueError, IndexError, RuntimeError) as error:
+        if isinstance(error, (torch.OutOfMemoryError, NotImplementedError)):
+            raise
+        raise ValueError(f"{name} does not fit the model (a batch of X of shape {tuple(X.shape)} and y of "
+                         f"shape {tuple(y.shape)}): {error}") from error
 
 
 def _pick_objective(model: nn.Module, loss_fn: LossFn | None, objective: Objective | None) -> Objective:
@@ -198,28 +218,47 @@ def evaluate(model: nn.Module, data, *, loss_fn: LossFn | None = None, objective
     Returns:
         ``{"loss": float, "accuracy": float, **terms}``: each averaged over examples; accuracy is
         the share of argmax(logits) == y, NaN where the labels are not class indices.
+
+    Raises:
+        ValueError: for NaN or Inf in the data or the model's weights, or a loss that is not finite.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_int("batch_size", batch_size, minimum=1)
-    objective = _pick_objective(model, loss_fn, objective)
-    device = device or model_device(model)
+    device = check_device("device", device)
+    check_parameters_finite("model", model)
+    tensor_pair("data", data)
+    return _evaluate(model, data, _pick_objective(model, loss_fn, objective), batch_size,
+                     device or model_device(model), "data")
+
+
+def _evaluate(model: nn.Module, data, objective: Objective, batch_size: int, device: torch.device,
+              name: str) -> dict[str, float]:
     means = _EpochMeans()
     with model_state(model), torch.no_grad():
-        for X, y in iterate_batches("data", data, batch_size, device=device):
-            means.add(objective(X, y), y)
-    return means.means()
+        for X, y in iterate_batches(name, data, batch_size, device=device):
+            means.add(_run(objective, name, X, y), y)
+    scores = means.means()
+    if not math.isfinite(scores["loss"]):
+        raise ValueError(f"the loss of model on {name} is {scores['loss']}: its outputs overflow")
+    return scores
 
 
 def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Model outputs for X (N, ...) in eval mode, batched, on X's device; the model's modes are restored."""
+    """Model outputs for X (N, ...) in eval mode, batched, on X's device; the model's modes are restored.
+
+    X always has a batch dimension: one example is ``X[None]``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_int("batch_size", batch_size, minimum=1)
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    check_tensor("X", X)
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"X must be a non-empty batch (N, ...) of examples (one example is X[None]), "
+                         f"got shape {tuple(X.shape)}")
+    check_finite("X", X)
     device = model_device(model, X.device)
-    with model_state(model), torch.no_grad():
+    with model_state(model), torch.no_grad(), input_errors("X", X):
         out = [model(X[i:i + batch_size].to(device)) for i in range(0, len(X), batch_size)]
     return torch.cat(out).to(X.device)
 
@@ -291,8 +330,8 @@ def fit(model: nn.Module, train, val=None, *, loss_fn: LossFn | None = None, obj
     if val is not None:
         tensor_pair("val", val)
     objective = _pick_objective(model, loss_fn, objective)
-
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
+    check_parameters_finite("model", model)
     model.to(device)
     groups = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not groups:
@@ -314,15 +353,19 @@ def fit(model: nn.Module, train, val=None, *, loss_fn: LossFn | None = None, obj
             means = _EpochMeans()
             for X, y in iterate_batches("train", train, batch_size, device=device, shuffle=True,
                                         generator=generator):
-                step = objective(X, y)
+                step = _run(objective, "train", X, y)
                 opt.zero_grad(set_to_none=True)
                 step.loss.backward()
                 opt.step()
                 means.add(step, y)
-            _record(history.train_loss, history.train_acc, history.terms, means.means(), epoch)
+            epoch_means = means.means()
+            if not math.isfinite(epoch_means["loss"]):
+                raise ValueError(f"training diverged: the mean loss of epoch {epoch} is {epoch_means['loss']}; "
+                                 f"lower lr (now {lr}) or check the objective")
+            _record(history.train_loss, history.train_acc, history.terms, epoch_means, epoch)
             postfix = {"loss": f"{history.train_loss[-1]:.3f}", "acc": f"{history.train_acc[-1]:.3f}"}
             if val is not None:
-                scores = evaluate(model, val, objective=objective, batch_size=max(batch_size, 256), device=device)
+                scores = _evaluate(model, val, objective, max(batch_size, 256), device, "val")
                 _record(history.val_loss, history.val_acc, history.val_terms, scores, epoch)
                 postfix.update(val_loss=f"{scores['loss']:.3f}", val_acc=f"{scores['accuracy']:.3f}")
                 if scores["loss"] < best_loss:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
-from xnn_lab._core.state import model_device, model_state
+from xnn_lab._core.checks import check_device, check_finite, check_int, check_tensor, input_errors
+from xnn_lab._core.state import autograd_ready, gradients_enabled, model_device, model_state
+from xnn_lab._core.training import _rng_devices
 
 
 class CaptumExplainer:
@@ -72,9 +73,10 @@ class CaptumExplainer:
         check_tensor("x", x, floating=True)
         if x.ndim < 2 or len(x) == 0:
             raise ValueError(f"x must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
+        check_finite("x", x)
         device = model_device(self.model, x.device)
-        inputs = x.detach().to(device)
-        with model_state(self.model), torch.inference_mode(False), torch.enable_grad():
+        inputs = autograd_ready(x.detach().to(device))
+        with model_state(self.model), gradients_enabled():
             target = self._targets(inputs, target)
             if self.per_image:
                 parts = [self._attribute(inputs[i:i + 1], target[i:i + 1]) for i in range(len(inputs))]
@@ -86,7 +88,7 @@ class CaptumExplainer:
 
     def _targets(self, inputs: torch.Tensor, target) -> torch.Tensor:
         """``target`` as a (B,) int64 tensor on the inputs' device, checked against the model's classes."""
-        with torch.no_grad():
+        with torch.no_grad(), input_errors("x", inputs):
             logits = self.model(inputs)
         if logits.ndim != 2:
             raise ValueError(f"the model must return (B, C) class scores, got shape {tuple(logits.shape)}")
@@ -108,8 +110,7 @@ class CaptumExplainer:
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.seed is None:
             return self.method.attribute(inputs, target=target, **self.attribute_kwargs)
-        devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=_rng_devices(inputs.device)):
             torch.manual_seed(self.seed)
             return self.method.attribute(inputs, target=target, **self.attribute_kwargs)
 
@@ -134,6 +135,7 @@ def grid_segments(height: int, width: int, cell: int, *,
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
     cell = check_int("cell", cell, minimum=1)
+    device = check_device("device", device)
     cells_per_row = -(-width // cell)
     rows = torch.arange(height, device=device) // cell
     cols = torch.arange(width, device=device) // cell

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_int, check_tensor, input_errors
 from xnn_lab._core.state import model_state
 
 
@@ -20,6 +20,7 @@ def _feature_grid(X: torch.Tensor, feature: int, grid, num_points: int) -> torch
         steps = torch.linspace(0, 1, num_points, dtype=X.dtype, device=X.device)
         return low + (high - low) * steps
     check_tensor("grid", grid, ndim=1)
+    check_finite("grid", grid)
     if grid.is_complex() or grid.dtype == torch.bool:
         raise TypeError(f"grid must be a real-valued tensor, got dtype {grid.dtype}")
     if len(grid) == 0:
@@ -72,6 +73,7 @@ def ice_curves(model, X: torch.Tensor, feature: int, grid: torch.Tensor | None =
     check_tensor("X", X, ndim=2, floating=True)
     if len(X) == 0:
         raise ValueError(f"X must have at least one row, got shape {tuple(X.shape)}")
+    check_finite("X", X)
     feature = check_int("feature", feature, minimum=0, maximum=X.shape[1] - 1)
     num_points = check_int("num_points", num_points, minimum=2)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -89,7 +91,9 @@ def ice_curves(model, X: torch.Tensor, feature: int, grid: torch.Tensor | None =
             flat = torch.arange(start, min(start + batch_size, num_rows * num_grid), device=X.device)
             rows = X[flat // num_grid]  # advanced indexing copies, so X itself is untouched
             rows[:, feature] = grid[flat % num_grid]
-            chunks.append(_select_output(model(rows), len(rows), target))
+            with input_errors("X", X):
+                out = model(rows)
+            chunks.append(_select_output(out, len(rows), target))
     return grid, torch.cat(chunks).reshape(num_rows, num_grid)
 
 

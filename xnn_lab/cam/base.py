@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
-from xnn_lab._core.state import model_device, model_state
+from xnn_lab._core.checks import check_finite, check_images, check_int, check_tensor, input_errors
+from xnn_lab._core.state import autograd_ready, gradients_enabled, model_device, model_state
 
 _GRADIENT_ELEMENTS = 2**26
 
@@ -52,6 +52,7 @@ def normalize(maps: torch.Tensor) -> torch.Tensor:
     check_tensor("maps", maps, floating=True)
     if maps.ndim < 2:
         raise ValueError(f"maps must have at least 2 dimensions (..., H, W), got shape {tuple(maps.shape)}")
+    check_finite("maps", maps)
     low = maps.amin(dim=(-2, -1), keepdim=True)
     spread = maps.amax(dim=(-2, -1), keepdim=True) - low
     return torch.where(spread > 0, (maps - low) / spread.clamp_min(torch.finfo(maps.dtype).tiny),
@@ -199,7 +200,7 @@ class BaseCAM:
         Returns:
             a :class:`CAMExplanation` ``(logits, maps, targets)``, on ``x``'s device.
         """
-        check_tensor("x", x, ndim=4, floating=True)
+        check_images("x", x)
         if x.shape[0] == 0:
             raise ValueError(f"x must hold at least one image, got shape {tuple(x.shape)}")
         batch = x.shape[0]
@@ -207,12 +208,12 @@ class BaseCAM:
         device = model_device(self.model, x.device)
         step = self.batch_size or batch
         results = []
-        # inference_mode(False): the backward must be possible even when the caller disabled autograd.
-        with model_state(self.model), torch.inference_mode(False):
+        # The backward must be possible even when the caller disabled autograd.
+        with model_state(self.model), gradients_enabled():
             for start in range(0, batch, step):
                 part = slice(start, start + step)
                 chunk_target = target[part] if isinstance(target, torch.Tensor) else target
-                results.append(self._explain_batch(x[part].to(device), chunk_target, topk))
+                results.append(self._explain_batch(autograd_ready(x[part].to(device)), chunk_target, topk))
         # One batch needs no concatenation, which would copy the maps (large for all classes).
         maps, targets, logits = (parts[0].to(x.device) if len(parts) == 1 else torch.cat(parts).to(x.device)
                                  for parts in zip(*results))
@@ -223,7 +224,7 @@ class BaseCAM:
     def _explain_batch(self, x: torch.Tensor, target, topk: int | None):
         """(maps (B, T, H, W), targets (B, T), scores (B, C)) of one batch."""
         with (_capture_activation(self.layer, self.layer_name, x.shape[0], self.needs_gradients) as capture,
-              torch.no_grad()):
+              torch.no_grad(), input_errors("x", x)):
             scores = self.model(x)
         if capture.activation is None:
             raise ValueError(f"layer {self.layer_name!r} did not run in the model's forward pass")

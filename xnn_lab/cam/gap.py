@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xnn_lab._core.checks import check_float, check_int
+from xnn_lab._core.checks import check_device, check_float, check_int, input_errors
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab._core.training import History, fit, iterate_batches
@@ -92,12 +92,13 @@ class CAM(BaseCAM):
                              "linear head on that layer (use GradCAM for other heads)")
 
 
-def _pooled_features(features: nn.Module, data, batch_size: int, device: torch.device):
+def _pooled_features(name: str, features: nn.Module, data, batch_size: int, device: torch.device):
     """Global-average-pooled features (N, K) and labels (N,) of ``data``, in eval mode, without gradients."""
     pooled, labels = [], []
     with model_state(features), torch.no_grad():
-        for X, y in iterate_batches("train", data, batch_size, device=device):
-            activations = features(X)
+        for X, y in iterate_batches(name, data, batch_size, device=device):
+            with input_errors(name, X):
+                activations = features(X)
             if activations.ndim != 4:
                 raise ValueError(f"features must map images to (B, K, h, w) maps, got shape "
                                  f"{tuple(activations.shape)}")
@@ -137,13 +138,15 @@ def retrain_gap_head(features: nn.Module, train, val=None, *, num_classes: int |
         raise TypeError(f"features must be a torch.nn.Module, got {type(features).__name__}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     check_float("lr", lr, minimum=0.0, open_min=True)
-    device = device or model_device(features, default_device())
-    pooled, labels = _pooled_features(features, train, batch_size, device)
-    val_pooled = None if val is None else _pooled_features(features, val, batch_size, device)
+    device = check_device("device", device) or model_device(features, default_device())
+    pooled, labels = _pooled_features("train", features, train, batch_size, device)
+    val_pooled = None if val is None else _pooled_features("val", features, val, batch_size, device)
     if num_classes is None:
         num_classes = int(labels.max()) + 1
     num_classes = check_int("num_classes", num_classes, minimum=2)
-    with torch.random.fork_rng(devices=[]):  # the new head's initial weights depend on the seed only
+    # The new head's initial weights depend on the seed only; it is a trainable module even when
+    # the caller works inside inference mode.
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.default_generator.manual_seed(check_int("seed", seed, minimum=0))
         classifier = nn.Linear(pooled.shape[1], num_classes)
     history = fit(classifier, (pooled, labels), val_pooled, epochs=epochs, lr=lr, batch_size=batch_size,

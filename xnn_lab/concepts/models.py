@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_images, check_int, check_tensor, input_errors
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab.models.cnn import SmallCNN
 
@@ -95,8 +95,9 @@ class ConceptBottleneck(nn.Module):
             a ``ConceptExplanation``: logits (B, C), concept_logits g(x) (B, k) and concepts
             sigma(g(x)) (B, k), the only input of f.
         """
-        check_tensor("x", x, ndim=4, floating=True)
-        logits, concept_logits = self.heads(x)
+        check_images("x", x)
+        with input_errors("x", x):
+            logits, concept_logits = self.heads(x)
         return ConceptExplanation(logits, concept_logits, torch.sigmoid(concept_logits))
 
     @torch.no_grad()
@@ -158,7 +159,7 @@ class ConceptBottleneck(nn.Module):
 
     def _check_concepts(self, x: torch.Tensor, true_concepts: torch.Tensor) -> None:
         """Check images x (B, C, H, W) and true concepts (B, k) in [0, 1]."""
-        check_tensor("x", x, ndim=4, floating=True)
+        check_images("x", x)
         check_tensor("true_concepts", true_concepts, ndim=2)
         k = self.num_concepts
         if true_concepts.shape != (len(x), k):
@@ -238,6 +239,7 @@ class MultitaskCNN(nn.Module):
         Returns:
             a ``ConceptExplanation``: logits (B, C), concept_logits (B, k), concepts (B, k) in [0, 1].
         """
-        check_tensor("x", x, ndim=4, floating=True)
-        logits, concept_logits = self.heads(x)
+        check_images("x", x)
+        with input_errors("x", x):
+            logits, concept_logits = self.heads(x)
         return ConceptExplanation(logits, concept_logits, torch.sigmoid(concept_logits))

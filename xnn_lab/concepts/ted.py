@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_images, check_int, check_tensor, input_errors
 from xnn_lab.models.cnn import SmallCNN
 
 
@@ -95,6 +95,8 @@ class TEDClassifier(nn.Module):
             a ``TEDExplanation``: logits (B, C * E), labels (B,) and explanations (B,), both decoded
             from the argmax z of the logits.
         """
-        logits = self.cnn(x)
+        check_images("x", x)
+        with input_errors("x", x):
+            logits = self.cnn(x)
         labels, explanations = decode_ted(logits.argmax(1), self.num_explanations)
         return TEDExplanation(logits, labels, explanations)

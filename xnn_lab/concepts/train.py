@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xnn_lab._core.checks import check_choice, check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_choice, check_float, check_images, check_int, check_labels, check_tensor
 from xnn_lab._core.training import History, Objective, Step, fit, predict
 from xnn_lab.concepts.models import ConceptBottleneck, MultitaskCNN
 
@@ -28,7 +28,10 @@ def joint_targets(labels: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
     check_tensor("labels", labels, ndim=1, integral=True)
     check_tensor("concepts", concepts, ndim=2)
     if len(labels) != len(concepts):
-        raise ValueError(f"labels and concepts must have the same length, got {len(labels)} and {len(concepts)}")
+        raise ValueError(f"concepts must have one row per label ({len(labels)}), got {len(concepts)}")
+    if concepts.numel() and not bool(((concepts >= 0) & (concepts <= 1)).all()):
+        raise ValueError("concepts must hold values in [0, 1] (the probability that each concept is present), "
+                         f"got values from {float(concepts.min())} to {float(concepts.max())}")
     return torch.cat([labels[:, None].to(torch.float32), concepts.to(torch.float32)], dim=1)
 
 
@@ -149,8 +152,11 @@ def train_bottleneck(model: ConceptBottleneck, images: torch.Tensor, labels: tor
     check_choice("mode", mode, BOTTLENECK_MODES)
     if concepts_trained and mode == "joint":
         raise ValueError("concepts_trained applies to mode 'independent' or 'sequential', not 'joint'")
-    check_tensor("images", images, ndim=4, floating=True)
+    check_images("images", images)
     targets = joint_targets(labels, concepts)
+    check_labels("labels", labels, model.num_classes)
+    if len(images) != len(labels):
+        raise ValueError(f"labels must hold one label per image ({len(images)}), got {len(labels)}")
     if targets.shape[1] - 1 != model.num_concepts:
         raise ValueError(f"concepts must have {model.num_concepts} columns, got {concepts.shape[1]}")
     settings = {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}

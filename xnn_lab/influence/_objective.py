@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from xnn_lab._core.checks import _describe, check_float, check_int
+from xnn_lab._core.checks import _describe, check_float, check_int, check_parameters_finite, input_errors
 from xnn_lab._core.training import tensor_pair
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -159,6 +159,7 @@ class _Objective:
 def _prepare(model, loss_fn, params, weight_decay, batch_size, data: dict[str, object]):
     """Checks shared by the public functions; returns the objective and the data on its device."""
     _check_model(model, loss_fn)
+    check_parameters_finite("model", model)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     names = _select(model, params)
@@ -171,20 +172,27 @@ def _prepare(model, loss_fn, params, weight_decay, batch_size, data: dict[str, o
         for name in pairs:
             if name != "train":
                 _check_same_kind(pairs["train"][1], pairs[name][1], name)
-    first = next(iter(pairs.values()))[1]
-    _check_per_example(objective, *first)
+    for name, (_, (X, y)) in pairs.items():
+        _check_losses(objective, name, X, y)
     return objective, pairs
 
 
-def _check_per_example(objective: _Objective, X, y) -> None:
-    """loss_fn must give one loss per example: a mean or sum would make every gradient the batch's."""
-    b = min(len(X), 4)
-    with torch.no_grad():
-        out = objective.losses(objective.theta, X[:b], y[:b])
-    if not isinstance(out, torch.Tensor) or out.shape != (b,):
-        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else _describe(out)
-        raise ValueError(f"loss_fn must return one loss per example, shape ({b},) for {b} examples "
-                         f"(use reduction='none' and sum any other dimensions), got {got}")
+def _check_losses(objective: _Objective, name: str, X, y) -> None:
+    """``loss_fn`` must give one finite loss per example of ``name``, at the current parameters: a
+    mean or sum would make every gradient the batch's, and a label the model does not have (or
+    a row of the wrong width) must fail here, naming the data, not deep in a solver."""
+    for start in range(0, len(X), objective.batch_size):
+        part = slice(start, start + objective.batch_size)
+        with torch.no_grad(), input_errors(name, X):
+            out = objective.losses(objective.theta, X[part], y[part])
+        b = len(X[part])
+        if not isinstance(out, torch.Tensor) or out.shape != (b,):
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else _describe(out)
+            raise ValueError(f"loss_fn must return one loss per example, shape ({b},) for {b} examples "
+                             f"(use reduction='none' and sum any other dimensions), got {got}")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"the loss of model on {name} is not finite for example "
+                             f"{start + int((~torch.isfinite(out)).nonzero()[0])}: its outputs overflow")
 
 
 def _solver_settings(method, dtype, tol, max_iter, lissa_scale=None):

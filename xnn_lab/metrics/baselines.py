@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from xnn_lab._core.checks import check_float, check_int
+from xnn_lab._core.checks import check_device, check_float, check_int
 
 
 def random_maps(n: int, height: int, width: int, *, seed: int = 0,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """The random baseline: (n, height, width) maps of independent uniform [0, 1) values."""
     n = check_int("n", n, minimum=1)
+    device = check_device("device", device)
     height, width = check_int("height", height, minimum=1), check_int("width", width, minimum=1)
     generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     return torch.rand(n, height, width, generator=generator).to(device)
@@ -28,6 +29,7 @@ def centre_maps(n: int, height: int, width: int, *, sigma: float = 0.25,
         (n, height, width) maps in (0, 1].
     """
     n = check_int("n", n, minimum=1)
+    device = check_device("device", device)
     height, width = check_int("height", height, minimum=1), check_int("width", width, minimum=1)
     sigma = check_float("sigma", sigma, minimum=0.0, open_min=True)
     rows = (torch.arange(height, dtype=torch.float32, device=device) - (height - 1) / 2) / height

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_int, check_tensor
 from xnn_lab.cam import normalize
 
 
@@ -23,6 +23,7 @@ def mass_in_mask(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
         (B,) float tensor in [0, 1], on the attributions' device.
     """
     check_tensor("attributions", attributions, ndim=(3, 4), floating=True)
+    check_finite("attributions", attributions)
     check_tensor("masks", masks, ndim=3)
     if masks.dtype != torch.bool:
         raise TypeError(f"masks must be a bool tensor, got dtype {masks.dtype}")
@@ -38,11 +39,16 @@ def mass_in_mask(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 
 def _check_maps_and_masks(maps: torch.Tensor, masks: torch.Tensor) -> None:
     check_tensor("maps", maps, ndim=3, floating=True)
+    check_finite("maps", maps)
     check_tensor("masks", masks, ndim=3)
     if masks.dtype != torch.bool:
         raise TypeError(f"masks must be a bool tensor, got dtype {masks.dtype}")
     if masks.shape != maps.shape:
         raise ValueError(f"masks must have shape {tuple(maps.shape)} to match maps, got {tuple(masks.shape)}")
+    empty = (~masks.flatten(1).any(1)).nonzero().flatten()
+    if len(empty):
+        raise ValueError(f"masks must each hold at least one pixel (a map cannot point at nothing), got an "
+                         f"empty mask for image {int(empty[0])}")
 
 
 def _dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
@@ -88,7 +94,7 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor, *, box: bool =
 
     Args:
         maps: (B, H, W) saliency maps.
-        masks: (B, H, W) bool ground-truth regions, each non-empty when ``box=True``.
+        masks: (B, H, W) bool ground-truth regions, each non-empty.
         box: measure against each mask's bounding box instead of the mask.
 
     Returns:
@@ -99,8 +105,6 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor, *, box: bool =
         raise TypeError(f"box must be a bool, got {box!r} ({type(box).__name__})")
     region = masks.to(maps.device)
     if box:
-        if not region.flatten(1).any(1).all():
-            raise ValueError("masks must each hold at least one pixel when box=True")
         rows, cols = region.any(2), region.any(1)  # (B, H), (B, W)
         region = _span(rows)[:, :, None] & _span(cols)[:, None, :]
     return mass_in_mask(normalize(maps), region)

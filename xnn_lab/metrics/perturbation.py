@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_float, check_images, check_int, check_tensor, input_errors
 from xnn_lab._core.state import model_state
 
 
@@ -22,6 +22,7 @@ def saliency_ranks(maps: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         (B, H * W) int64 ranks, row-major pixel order, on the maps' device.
     """
     check_tensor("maps", maps, ndim=3, floating=True)
+    check_finite("maps", maps)
     check_int("seed", seed, minimum=0)
     flat = maps.flatten(1)
     shuffle = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed)).to(flat.device)
@@ -35,8 +36,9 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
                          batch_size: int, seed: int) -> torch.Tensor:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_tensor("images", images, ndim=4, floating=True)
+    check_images("images", images)
     check_tensor("maps", maps, ndim=3, floating=True)
+    check_finite("maps", maps)
     n, _, height, width = images.shape
     if maps.shape != (n, height, width):
         raise ValueError(f"maps must have shape {(n, height, width)} (one map per image, at its size), "
@@ -50,6 +52,7 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
         except RuntimeError:
             raise ValueError(f"baseline must broadcast to the images' shape {tuple(images.shape)}, "
                              f"got shape {tuple(baseline.shape)}") from None
+        check_finite("baseline", baseline)
     else:
         baseline = torch.full((1,), check_float("baseline", baseline), dtype=images.dtype,
                               device=images.device).expand(images.shape)
@@ -68,7 +71,11 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
             # Deletion puts the baseline on the changed pixels, insertion puts the image there.
             on_changed, elsewhere = ((images[image], baseline[image]) if insert
                                      else (baseline[image], images[image]))
-            logits = model(torch.where(changed, on_changed, elsewhere))
+            with input_errors("images", images):
+                logits = model(torch.where(changed, on_changed, elsewhere))
+            if start == 0 and int(target.max()) >= logits.shape[1]:
+                raise ValueError(f"target must hold classes in [0, {logits.shape[1]}) for a model with "
+                                 f"{logits.shape[1]} outputs, got {int(target.max())}")
             scores[start:start + len(rows)] = F.softmax(logits, dim=1).gather(1, target[image][:, None])[:, 0]
     return scores.view(n, steps + 1)
 
@@ -149,6 +156,7 @@ def area_under_curve(curves: torch.Tensor) -> torch.Tensor:
         (N,) areas.
     """
     check_tensor("curves", curves, ndim=2, floating=True)
+    check_finite("curves", curves)
     if curves.shape[1] < 2:
         raise ValueError(f"curves must have at least 2 points each, got shape {tuple(curves.shape)}")
     return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * (curves.shape[1] - 1))

@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_images, check_int, check_tensor, input_errors
 from xnn_lab._core.state import model_device, model_state
 
 
@@ -34,6 +34,8 @@ def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("first", first, floating=True)
     check_tensor("second", second, floating=True)
+    check_finite("first", first)
+    check_finite("second", second)
     if first.shape != second.shape or first.ndim < 2:
         raise ValueError(f"first and second must have the same shape (N, ...) with N maps, got "
                          f"{tuple(first.shape)} and {tuple(second.shape)}")
@@ -105,7 +107,7 @@ def randomization_sanity_check(explainer, x: torch.Tensor, target=None, *, layer
         raise TypeError("explainer must be a saliency explainer, callable as explainer(x, target), that holds "
                         f"its model as explainer.model (an nn.Module); got {type(explainer).__name__}"
                         + ("" if model is None else f" whose .model is a {type(model).__name__}"))
-    check_tensor("x", x, ndim=4, floating=True)
+    check_images("x", x)
     seed = check_int("seed", seed, minimum=0)
     keep_maps = check_int("keep_maps", keep_maps, minimum=0)
     if layers is None:
@@ -118,19 +120,21 @@ def randomization_sanity_check(explainer, x: torch.Tensor, target=None, *, layer
             model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"layers: {name!r} is not a submodule of the explainer's model") from None
-    randomized = copy.deepcopy(explainer)
+    with torch.inference_mode(False):  # the copy must stay trainable, even inside the caller's inference mode
+        randomized = copy.deepcopy(explainer)
     if randomized.model is model:
         raise TypeError(f"explainer: a deep copy of the {type(explainer).__name__} still explains the original "
                         "model; give it the model as an attribute it owns (explainer.model)")
     if target is None:
-        with model_state(model), torch.no_grad():
+        with model_state(model), torch.no_grad(), input_errors("x", x):
             target = model(x.to(model_device(model, x.device))).argmax(1).to(x.device)
     reference = explainer(x, target)
     correlations, maps = {}, {}
     if keep_maps:
         maps["trained"] = reference[:keep_maps]
     for step, name in enumerate(layers):
-        _randomize(randomized.model.get_submodule(name), seed + step)
+        with torch.inference_mode(False):
+            _randomize(randomized.model.get_submodule(name), seed + step)
         randomized_maps = randomized(x, target)
         correlations[name] = rank_correlation(reference, randomized_maps)
         if keep_maps:

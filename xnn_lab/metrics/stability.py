@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_float, check_int, check_tensor
+from xnn_lab._core.state import autograd_ready, gradients_enabled
 
 # Points closer to x than this share of the radius are pushed out to it during the ascent: the ratio
 # is a quotient of two small differences there, and float rounding would dominate it.
@@ -87,6 +88,7 @@ def local_lipschitz(explainer: Callable[[torch.Tensor], torch.Tensor], x: torch.
     check_tensor("x", x, floating=True)
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch of shape (B, ...), got shape {tuple(x.shape)}")
+    check_finite("x", x)
     radius = check_float("radius", radius, minimum=0.0, open_min=True)
     num_samples = check_int("num_samples", num_samples, minimum=1)
     steps = check_int("steps", steps, minimum=0)
@@ -95,7 +97,7 @@ def local_lipschitz(explainer: Callable[[torch.Tensor], torch.Tensor], x: torch.
     check_int("seed", seed, minimum=0)
 
     batch, dim = len(x), x[0].numel()
-    x = x.detach()
+    x = autograd_ready(x.detach())
     reference = _explain(explainer, x).detach()
     # Uniform in the ball: a uniform direction times radius * U^(1/D). Drawn on the CPU so that a
     # seed gives the same points on every device.
@@ -109,18 +111,20 @@ def local_lipschitz(explainer: Callable[[torch.Tensor], torch.Tensor], x: torch.
     best_delta = torch.zeros(batch, dim, device=x.device, dtype=x.dtype)
     rows = torch.arange(batch, device=x.device)
     for step in range(steps + 1):
-        if step < steps:
-            with torch.enable_grad():
-                ratios = _ratios(explainer, x, reference, delta.requires_grad_())
-        else:
+        if step == steps:
             ratios = _ratios(explainer, x, reference, delta)
+        else:
+            # The ascent needs autograd even inside the caller's no_grad() or inference_mode().
+            with gradients_enabled():
+                delta = autograd_ready(delta).requires_grad_()
+                ratios = _ratios(explainer, x, reference, delta)
+                (grad,) = torch.autograd.grad(ratios.sum(), delta)
         values, index = ratios.detach().max(dim=1)
         improved = values > best_values
         best_values = torch.where(improved, values, best_values)
         best_delta = torch.where(improved[:, None], delta.detach()[rows, index], best_delta)
         if step == steps:
             break
-        (grad,) = torch.autograd.grad(ratios.sum(), delta)
         with torch.no_grad():
             length = step_size * (1 - step / steps)
             delta = delta + length * grad / grad.norm(dim=2, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_float, check_images, check_int, check_tensor
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab.protopnet.model import ProtoPNet, ReceptiveField, _check_model
 from xnn_lab.protopnet.push import NearestPatches, _cell_indices, _first_image, _size, nearest_patches
@@ -65,7 +65,7 @@ def top_prototypes(model: ProtoPNet, x: torch.Tensor, *, target: torch.Tensor | 
     """
     model = _check_model(model)
     top = check_int("top", top, minimum=1, maximum=model.num_prototypes)
-    check_tensor("x", x, ndim=4, floating=True)
+    check_images("x", x, channels=model.in_channels)
     with model_state(model):
         out = model.explain(x.to(model_device(model)))
     if target is None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_float, check_int, check_tensor
 from xnn_lab._core.state import model_state
 
 # Weights of the last layer at initialisation (Chen et al. 2019): +1 from a prototype to its own
@@ -33,7 +33,19 @@ def log_similarity(distances: torch.Tensor, epsilon: float) -> torch.Tensor:
 
     Decreasing in d for :math:`\epsilon < 1`: large (:math:`\log(1/\epsilon)`) at d = 0, near
     :math:`1/d` for large d. Any shape in, the same shape out.
+
+    Args:
+        distances: squared distances d >= 0, finite.
+        epsilon: the small constant > 0 that keeps the similarity finite at d = 0.
     """
+    check_tensor("distances", distances, floating=True)
+    check_finite("distances", distances)
+    if distances.numel() and float(distances.min()) < 0:
+        raise ValueError(f"distances must be squared distances (>= 0), got a minimum of {float(distances.min())}")
+    return _log_similarity(distances, check_float("epsilon", epsilon, minimum=0.0, open_min=True))
+
+
+def _log_similarity(distances: torch.Tensor, epsilon: float) -> torch.Tensor:
     return torch.log((distances + 1) / (distances + epsilon))
 
 
@@ -297,7 +309,7 @@ class ProtoPNet(nn.Module):
 
     def similarity(self, distances: torch.Tensor) -> torch.Tensor:
         r"""The similarity :math:`\log((d + 1) / (d + \epsilon))` of squared distances, any shape."""
-        return log_similarity(distances, self.epsilon)
+        return _log_similarity(distances, self.epsilon)
 
     def _scores(self, z: torch.Tensor) -> _Scores:
         """Logits, similarities and distances of latent patches z (B, D, h, w): the forward pass,
@@ -316,7 +328,7 @@ class ProtoPNet(nn.Module):
             a :class:`ProtoPNetExplanation`: logits (B, C), similarities and min_distances (B, M),
             distances (B, M, h, w) and contributions (B, C, M).
         """
-        return self.from_latent(self.latent(x))
+        return self.from_latent(self.latent(check_finite("x", self._check_images(x))))
 
     def from_latent(self, z: torch.Tensor) -> ProtoPNetExplanation:
         """What :meth:`explain` returns, from latent patches z (B, D, h, w) instead of images."""

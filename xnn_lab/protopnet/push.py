@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from xnn_lab._core.checks import check_int
+from xnn_lab._core.checks import check_int, check_labels
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab._core.training import iterate_batches, tensor_pair
 from xnn_lab.protopnet.model import ProtoPNet, _check_model
@@ -74,6 +74,7 @@ def push_prototypes(model: ProtoPNet, data, *, batch_size: int = 256) -> PushRes
     start = 0
     with model_state(model):
         for X, y in iterate_batches("data", data, batch_size, device=device):
+            check_labels("data's y", y, model.num_classes)
             z = model.latent(X)                                                    # (B, D, h, w)
             batch, _, height, width = z.shape
             distances = model.distances(z)                                         # (B, M, h, w)

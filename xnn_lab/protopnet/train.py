@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xnn_lab._core.checks import check_choice, check_float, check_int
+from xnn_lab._core.checks import check_choice, check_float, check_images, check_int, check_labels
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab._core.training import History, Step, evaluate, fit, iterate_batches, tensor_pair
@@ -102,8 +102,10 @@ def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, *, clst: 
     """
     model = _check_model(model)
     clst, sep, l1 = _check_weights(clst, sep, l1)
+    check_images("x", x, channels=model.in_channels)
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(getattr(y, 'shape', ()))}")
+    check_labels("y", y, model.num_classes)
     device = model_device(model)
     with model_state(model):
         out = model._scores(model.latent(x.to(device)))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
-from xnn_lab._core.checks import check_float, check_tensor
+from xnn_lab._core.checks import check_float, check_labels, check_tensor
 from xnn_lab.senn.model import SENN
 
 
@@ -141,4 +141,5 @@ def senn_loss(model: SENN, x: torch.Tensor, y: torch.Tensor, lam: float, xi: flo
     check_tensor("y", y, ndim=1, integral=True)
     if len(y) != len(x):
         raise ValueError(f"y must hold one label per row of x ({len(x)}), got shape {tuple(y.shape)}")
+    check_labels("y", y, model.num_classes)
     return _loss(model, x, y, *_check_weights(lam, xi, sparsity))[0]

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_choice, check_int, check_tensor
+from xnn_lab._core.checks import check_choice, check_finite, check_int, check_tensor
 from xnn_lab.models.mlp import MLP
 
 
@@ -95,6 +95,7 @@ class SENN(nn.Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"{name} must have {self.in_features} features (shape (B, {self.in_features})), "
                              f"got shape {tuple(x.shape)}")
+        check_finite(name, x)
 
     def concepts(self, x: torch.Tensor) -> torch.Tensor:
         """The concepts h(x), shape (B, k), of inputs x (B, F); no input check (used under vmap)."""

@@ -60,6 +60,9 @@ def _parse(model) -> tuple[list[_Hidden], np.ndarray, np.ndarray]:
             w = layer.weight.detach().to("cpu", torch.float64).numpy()
             b = (np.zeros(len(w)) if layer.bias is None
                  else layer.bias.detach().to("cpu", torch.float64).numpy())
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise ValueError(f"model[{i}] has NaN or Inf weights: the network is broken (a diverged "
+                                 "training run?), and so would be its tree")
             if weight is not None:  # consecutive Linear layers compose into one affine map
                 if w.shape[1] != weight.shape[0]:
                     raise ValueError(f"model[{i}] is Linear with {w.shape[1]} inputs after a layer "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_float, check_int, check_tensor
 
 # Smallest positive float32: dividing by max(range, _TINY) maps a constant heatmap to zeros.
 _TINY = torch.finfo(torch.float32).tiny
@@ -25,6 +25,7 @@ _TINY = torch.finfo(torch.float32).tiny
 def _image_array(name: str, image: torch.Tensor) -> np.ndarray:
     """A (C, H, W) or (H, W) tensor in [0, 1] as an array imshow takes: (H, W, 3) or (H, W)."""
     check_tensor(name, image, ndim=(2, 3))
+    check_finite(name, image)
     image = image.detach().float().cpu()
     if image.ndim == 3:
         if image.shape[0] not in (1, 3):
@@ -45,6 +46,7 @@ def _cpu_batch(name: str, images: torch.Tensor) -> torch.Tensor:
     check_tensor(name, images, ndim=(3, 4))
     if len(images) == 0:
         raise ValueError(f"{name} must hold at least one image, got shape {tuple(images.shape)}")
+    check_finite(name, images)
     return images.detach().float().cpu()
 
 
@@ -125,6 +127,7 @@ def overlay(image: torch.Tensor, heatmap: torch.Tensor, ax: Axes | None = None, 
     """
     picture = _image_array("image", image)
     check_tensor("heatmap", heatmap, ndim=2)
+    check_finite("heatmap", heatmap)
     alpha = check_float("alpha", alpha, minimum=0, maximum=1)
     if not isinstance(signed, bool):
         raise TypeError(f"signed must be a bool, got {signed!r} ({type(signed).__name__})")
@@ -156,6 +159,7 @@ def show_overlays(images: torch.Tensor, heatmaps: torch.Tensor, titles: Sequence
     """
     images = _cpu_batch("images", images)
     check_tensor("heatmaps", heatmaps, ndim=3)
+    check_finite("heatmaps", heatmaps)
     if len(heatmaps) != len(images):
         raise ValueError(f"heatmaps must hold one heatmap per image ({len(images)}), "
                          f"got {len(heatmaps)}")

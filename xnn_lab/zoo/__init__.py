@@ -2,12 +2,19 @@
 
 ``load(name)`` gives the trained model; ``train(name)`` reproduces it from its recipe;
 ``check(name)`` measures it again against the metrics on its card.
+
+Two folders hold checkpoints. The package ships one (:data:`CHECKPOINT_DIR`), which is never
+written to unless asked by name; models you train go to your own folder,
+:func:`user_directory` (``$XNN_LAB_ZOO``, else ``$XDG_DATA_HOME/xnn_lab/zoo``, else
+``~/.local/share/xnn_lab/zoo``). Without a ``directory``, ``load`` and ``check`` take a model
+from your folder when it is there, and the shipped one otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -17,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from xnn_lab._core.checks import check_choice
+from xnn_lab._core.checks import check_choice, check_device
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab._core.runtime import seed_everything
 from xnn_lab._core.training import fit
@@ -25,7 +32,10 @@ from xnn_lab.zoo.recipes import ARCHITECTURES, RECIPES, Recipe, measure
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
-__all__ = ["CHECKPOINT_DIR", "RECIPES", "card", "check", "load", "names", "train"]
+__all__ = ["CHECKPOINT_DIR", "RECIPES", "card", "check", "load", "names", "train", "user_directory"]
+
+# What a card must hold for load (and check) to trust it.
+_CARD_FIELDS = {"sha256": str, "architecture": dict, "metrics": dict, "tolerance": (int, float)}
 
 
 def names() -> list[str]:
@@ -38,9 +48,36 @@ def _recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def user_directory() -> Path:
+    """Where :func:`train` writes by default: ``$XNN_LAB_ZOO``, else ``$XDG_DATA_HOME/xnn_lab/zoo``,
+    else ``~/.local/share/xnn_lab/zoo``."""
+    if os.environ.get("XNN_LAB_ZOO"):
+        return Path(os.environ["XNN_LAB_ZOO"]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "xnn_lab" / "zoo"
+
+
+def _folder(directory) -> Path:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path, got {directory!r} ({type(directory).__name__})")
+    return Path(directory).expanduser()
+
+
+def _find(name: str, directory: Path | str | None) -> Path:
+    """The folder that holds model ``name``: ``directory``, else the user's folder when it has the
+    model, else the package's."""
+    if directory is not None:
+        folder = _folder(directory)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"directory {str(folder)!r} is not a folder")
+        return folder
+    mine = user_directory()
+    return mine if (mine / f"{name}.json").exists() else CHECKPOINT_DIR
+
+
 def _paths(name: str, directory: Path | str | None) -> tuple[Path, Path]:
-    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
-    return directory / f"{name}.safetensors", directory / f"{name}.json"
+    folder = _find(name, directory)
+    return folder / f"{name}.safetensors", folder / f"{name}.json"
 
 
 def _sha256(path: Path) -> str:
@@ -54,9 +91,21 @@ def card(name: str, directory: Path | str | None = None) -> dict:
     if not card_path.exists():
         raise FileNotFoundError(f"no card for {name!r} at {card_path}: run `xnn-lab zoo train {name}`")
     try:
-        return json.loads(card_path.read_text())
+        info = json.loads(card_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"the card {card_path} is not valid JSON: {err}") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"the card {card_path} must hold a JSON object, got {type(info).__name__}")
+    for field, kind in _CARD_FIELDS.items():
+        if not isinstance(info.get(field), kind):
+            problem = "lacks" if field not in info else "has a malformed"
+            raise ValueError(f"the card {card_path} {problem} field {field!r}: it is damaged or hand-edited; "
+                             f"run `xnn-lab zoo train {name}` to write it again")
+    architecture = info["architecture"]
+    if not isinstance(architecture.get("class"), str) or not isinstance(architecture.get("config"), dict):
+        raise ValueError(f"the card {card_path} has a malformed field 'architecture': it needs 'class' and "
+                         "'config'")
+    return info
 
 
 def load(name: str, *, device: torch.device | str | None = None, directory: Path | str | None = None) -> nn.Module:
@@ -65,6 +114,7 @@ def load(name: str, *, device: torch.device | str | None = None, directory: Path
     The file's SHA-256 must match its card, and its tensors the architecture on the card;
     a corrupt or mismatched file raises ``ValueError`` saying which.
     """
+    device = check_device("device", device)
     info = card(name, directory)
     weights_path, _ = _paths(name, directory)
     if not weights_path.exists():
@@ -88,22 +138,32 @@ def load(name: str, *, device: torch.device | str | None = None, directory: Path
 
 
 def train(name: str, *, directory: Path | str | None = None, device: torch.device | str | None = None,
-          progress: bool = True) -> tuple[nn.Module, dict]:
+          progress: bool = True, overwrite: bool = False) -> tuple[nn.Module, dict]:
     """Train zoo model ``name`` from its recipe and write its checkpoint and card to ``directory``
-    (the package's checkpoint folder by default).
+    (:func:`user_directory` by default; created if missing).
+
+    Args:
+        overwrite: replace a checkpoint already in ``directory``; without it, an existing one
+            raises ``FileExistsError`` before any training.
 
     Returns:
         the trained model (eval mode) and its card.
     """
     recipe = _recipe(name)
+    device = check_device("device", device)
+    folder = user_directory() if directory is None else _folder(directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"directory {str(folder)!r} is a file, not a folder")
+    weights_path, card_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if not overwrite and (weights_path.exists() or card_path.exists()):
+        raise FileExistsError(f"{name!r} is already in {folder}: pass overwrite=True (`--force`) to replace it")
     seed_everything(recipe.training["seed"])
     model = recipe.build()
     start = time.perf_counter()
-    history = fit(model, recipe.split("train"), recipe.split("val"), device=torch.device(device or default_device()),
+    history = fit(model, recipe.split("train"), recipe.split("val"), device=device or default_device(),
                   progress=progress, **recipe.training)
     seconds = time.perf_counter() - start
     metrics = measure(recipe, model)
-    weights_path, card_path = _paths(name, directory)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights_path)
     info = {
