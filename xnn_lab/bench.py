@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from xnn_lab._core.checks import check_int
+from xnn_lab._core.checks import check_device, check_int
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab.cam import CAM, GradCAM
 from xnn_lab.metrics import deletion_curve, insertion_curve
@@ -144,7 +144,7 @@ def bench_cam(model: str | nn.Module = "resnet18", *, layer: str = "layer4", bat
     num_classes = check_int("num_classes", num_classes, minimum=2)
     steps = check_int("steps", steps, minimum=1)
     repeats = check_int("repeats", repeats, minimum=1)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
     torch.manual_seed(seed)
     if isinstance(model, str):
         if not hasattr(torchvision.models, model):
@@ -242,7 +242,7 @@ def bench_protopnet(n: int = 1024, *, image_size: int = 64, backbone: str = "sma
     n = check_int("n", n, minimum=8)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     repeats = check_int("repeats", repeats, minimum=1)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
     parts = make_parts(n, image_size=image_size, seed=seed)
     torch.manual_seed(seed)
     if backbone == "small_cnn":
@@ -313,7 +313,7 @@ def bench_influence(*, weight_decay: float = 0.01, hidden: int = 16, repeats: in
 
     repeats = check_int("repeats", repeats, minimum=1)
     hidden = check_int("hidden", hidden, minimum=1)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
     binary = nn.BCEWithLogitsLoss(reduction="none")
     multiclass = nn.CrossEntropyLoss(reduction="none")
     train, test = _digits("train", (1, 7), device), _digits("test", (1, 7), device)

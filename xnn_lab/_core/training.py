@@ -313,6 +313,11 @@ def fit(model: nn.Module, train, val=None, *, loss_fn: LossFn | None = None, obj
 
     Returns:
         the ``History`` of train (and val) loss, accuracy and terms per epoch.
+
+    Raises:
+        ValueError: for NaN or Inf in the data or the model's weights, a batch the model cannot
+            take or a label outside its classes (naming ``train`` or ``val``), or a run that
+            diverges (its mean training loss becomes NaN or Inf).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

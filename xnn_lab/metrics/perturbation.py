@@ -86,6 +86,8 @@ def _check_class_target(target, n: int, device: torch.device) -> torch.Tensor:
         check_tensor("target", target, ndim=1, integral=True)
         if len(target) != n:
             raise ValueError(f"target must have one class per image ({n}), got shape {tuple(target.shape)}")
+        if len(target) and int(target.min()) < 0:
+            raise ValueError(f"target must hold classes >= 0, got {int(target.min())}")
         return target.to(device, torch.int64)
     return torch.full((n,), check_int("target", target, minimum=0), dtype=torch.int64, device=device)
 

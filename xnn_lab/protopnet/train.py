@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xnn_lab._core.checks import check_choice, check_float, check_images, check_int, check_labels
+from xnn_lab._core.checks import check_choice, check_device, check_float, check_images, check_int, check_labels
 from xnn_lab._core.runtime import device as default_device
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab._core.training import History, Step, evaluate, fit, iterate_batches, tensor_pair
@@ -172,7 +172,7 @@ def train_stage(model: ProtoPNet, train, stage: str, *, epochs: int, lr: float =
     backbone_lr = check_float("backbone_lr", backbone_lr, minimum=0.0, open_min=True)
     clst, sep, l1 = _check_weights(clst, sep, l1)
     tensor_pair("train", train)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
     model.to(device)
 
     trained = _trained_parameters(model, stage)
@@ -243,7 +243,7 @@ def fit_protopnet(model: ProtoPNet, train, val=None, *, warm_epochs: int = 5, jo
     """
     model = _check_model(model)
     check_int("joint_epochs", joint_epochs, minimum=0)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device("device", device) or default_device()
     model.to(device)     # the push computes on the model's device
     measure = val if val is not None else train
     common = {"clst": clst, "sep": sep, "l1": l1, "batch_size": batch_size, "seed": seed, "device": device,

@@ -90,12 +90,15 @@ class SENN(nn.Module):
             self.encoder, self.decoder = nn.Identity(), None
         self.parametrizer = MLP(in_features, relevance_hidden, self.num_concepts * num_classes, activation)
 
-    def _check_input(self, name: str, x: torch.Tensor) -> None:
+    def _check_input(self, name: str, x: torch.Tensor, *, finite: bool = True) -> None:
+        """The shape of ``x``, and with ``finite`` its values: not in ``forward``, which
+        ``torch.func`` transforms such as vmap run, where a check that reads values cannot."""
         check_tensor(name, x, ndim=2, floating=True)
         if x.shape[1] != self.in_features:
             raise ValueError(f"{name} must have {self.in_features} features (shape (B, {self.in_features})), "
                              f"got shape {tuple(x.shape)}")
-        check_finite(name, x)
+        if finite:
+            check_finite(name, x)
 
     def concepts(self, x: torch.Tensor) -> torch.Tensor:
         """The concepts h(x), shape (B, k), of inputs x (B, F); no input check (used under vmap)."""
@@ -134,5 +137,5 @@ class SENN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores f(x), shape (B, C), for inputs x (B, F)."""
-        self._check_input("x", x)
+        self._check_input("x", x, finite=False)
         return self.aggregate(self.concepts(x), self.relevances(x))
