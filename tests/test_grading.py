@@ -148,7 +148,7 @@ def test_exercises_are_in_sync_with_the_solutions(tmp_path):
     for path in written:
         committed = ROOT / "exercises" / path.name
         assert committed.exists() and committed.read_text() == path.read_text(), \
-            f"{committed} is out of date: run xnn-lab exercises"
+            f"{committed} is out of date: run xnn-lab exercises --solutions solutions --exercises exercises"
     assert generate(ROOT / "solutions", tmp_path, check=True) == []
 
 
@@ -223,13 +223,18 @@ ADVERSARIAL = {
         "energy_pointing_game": "def energy_pointing_game(maps, masks):\n"
                                 "    return torch.zeros(len(maps), dtype=maps.dtype)\n"
                                 "import xnn_lab.metrics\nxnn_lab.metrics.energy_pointing_game = energy_pointing_game\n",
-    }, ("import math\nimport xnn_lab.grading.grader, xnn_lab.grading.question\n"
-        "xnn_lab.grading.question.allclose_compare = lambda *args, **kwargs: None\n"
-        "xnn_lab.grading.grader.allclose_compare = lambda *args, **kwargs: None\n"
-        "xnn_lab.grading.question.Question.compare = lambda *args, **kwargs: None\n"
+    }, ("import math\n"
         "torch.allclose = lambda *args, **kwargs: True\ntorch.equal = lambda *args, **kwargs: True\n"
-        "math.isclose = lambda *args, **kwargs: True\n",)),
-    # The kernel kills the grader's fork server: the grader starts another for the next kernels.
+        "math.isclose = lambda *args, **kwargs: True\n"
+        "try:  # in the sandbox the grader's modules are not there to patch\n"
+        "    import xnn_lab.grading.grader, xnn_lab.grading.question\n"
+        "    xnn_lab.grading.question.allclose_compare = lambda *args, **kwargs: None\n"
+        "    xnn_lab.grading.grader.allclose_compare = lambda *args, **kwargs: None\n"
+        "    xnn_lab.grading.question.Question.compare = lambda *args, **kwargs: None\n"
+        "except ImportError:\n    pass\n",)),
+    # The kernel tries to kill the grader's fork server, its parent. In the sandbox the parent is outside
+    # its PID namespace (getppid() is 0): the signal goes to its own process group, whose leader is the
+    # namespace's init and ignores it. Unsandboxed, the grader would start another server.
     "killserver_02_cam": lambda: _edited("02_cam", inserts=(
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",)),
 }
@@ -341,8 +346,11 @@ def test_infinite_loops_time_out_and_score_zero(hangs):
     messages = {q.grade_id: q.message for q in hangs.questions}
     assert "interrupted" in messages["local_linear_map"]
     assert "ignored the interrupt" in messages["count_regions"]
-    # The top-level loop times out in the first run and again in the run after the kernel was killed.
-    assert hangs.cell_timeouts == 2 and hangs.kernel_restarts == 1 and hangs.cell_errors == 0
+    # The kernel was killed once (the hung check). reachable_regions, which the first kernel's copy of
+    # xnn_lab cannot answer (it lacks the tree the other questions forbid), is checked again in a kernel
+    # that has it; the cell report is that run's: the top-level loop timed out once more there.
+    assert hangs.kernel_restarts == 1 and hangs.rechecked == ["reachable_regions"]
+    assert hangs.cell_timeouts == 1 and hangs.cell_errors == 0
 
 
 def test_json_and_csv_hold_one_entry_per_notebook(graded, tmp_path):

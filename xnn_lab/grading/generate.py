@@ -6,8 +6,8 @@ region becomes ``# YOUR CODE HERE`` / ``raise NotImplementedError()``), ``ClearH
 ``ClearOutput``, ``CheckCellMetadata`` and ``ComputeChecksums`` (so nbgrader can tell whether a
 locked cell was changed), the same steps as ``nbgrader generate_assignment``.
 
-Run ``python -m xnn_lab.grading.generate`` (or ``xnn-lab exercises``) after editing a solution;
-``--check`` fails when ``exercises/`` is out of date instead of writing.
+Run ``xnn-lab exercises --solutions solutions --exercises exercises`` (or ``python -m
+xnn_lab.grading.generate`` with the same options) after editing a solution; ``--check`` fails when ``exercises/`` is out of date instead of writing.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``xnn-lab exercises`` (and of this module run as a script)."""
-    parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks")
-    parser.add_argument("--exercises", default="exercises", help="folder of exercise notebooks")
+    # Both required: nothing is read or written relative to the current folder unless the user says so.
+    parser.add_argument("--solutions", required=True, help="folder of solution notebooks (in this repository: solutions)")
+    parser.add_argument("--exercises", required=True, help="folder of exercise notebooks, written (in this repository: exercises)")
     parser.add_argument("--check", action="store_true", help="write nothing; fail if exercises/ is out of date")
 
 
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     for path in changed:
         print(f"{'out of date' if args.check else 'wrote'}: {path}")
     if args.check and changed:
-        print("exercises/ is out of sync with solutions/: run xnn-lab exercises", file=sys.stderr)
+        print(f"{args.exercises} is out of sync with {args.solutions}: run xnn-lab exercises without --check",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -110,6 +110,10 @@ class Question:
         inputs: for a function question, ``seed -> list of trials``, each a tuple of positional
             arguments, fresh and random per seed; ``None`` for a value question.
         compare: ``compare(student_result, expected)`` raises ``AssertionError`` when wrong.
+        forbidden: the parts of ``xnn_lab`` that implement what the question asks the student to
+            write (dotted names of functions, classes or methods). In the submission's sandbox
+            they are replaced by stubs that raise, so an answer that calls one, directly or through
+            another function, scores 0 with a message naming it.
     """
 
     grade_id: str
@@ -118,3 +122,4 @@ class Question:
     reference: Callable
     inputs: Callable[[int], list[tuple]] | None = None
     compare: Callable[[object, object], None] = allclose_compare
+    forbidden: tuple[str, ...] = ()

@@ -93,6 +93,7 @@ def shortcut_accuracy_reference() -> float:
 QUESTIONS = (
     Question("occlusion_map", 2, "occlusion_map", occlusion_reference, occlusion_inputs),
     Question("shapley_values", 2, "shapley_values", shapley_reference, shapley_inputs),
-    Question("ice", 1, "ice", ice_reference, ice_inputs),
+    Question("ice", 1, "ice", ice_reference, ice_inputs,
+             forbidden=("xnn_lab.agnostic.ice_curves", "xnn_lab.agnostic.partial_dependence")),
     Question("shortcut_clean_accuracy", 1, "shortcut_clean_accuracy", shortcut_accuracy_reference),
 )

@@ -98,10 +98,16 @@ def cam_hits_reference() -> int:
     return int(pointing_game(CAM(zoo.load("shapes_cnn", device="cpu"), "features")(data.images), data.masks).sum())
 
 
+# What CAM questions may not call: CAM itself, and Grad-CAM (CAM up to a scale on a GAP network) on its base.
+CAM_FAMILY = ("xnn_lab.cam.BaseCAM", "xnn_lab.cam.CAM", "xnn_lab.cam.GradCAM", "xnn_lab.cam.GradCAMPlusPlus")
+
 QUESTIONS = (
-    Question("cam_from_weights", 2, "cam_from_weights", cam_from_weights_reference, cam_from_weights_inputs),
-    Question("cam", 2, "cam", cam_reference, cam_inputs),
-    Question("pointing_game", 1, "pointing_game", pointing_game_reference, _maps_and_masks),
-    Question("energy_pointing_game", 1, "energy_pointing_game", energy_reference, _maps_and_masks),
+    Question("cam_from_weights", 2, "cam_from_weights", cam_from_weights_reference, cam_from_weights_inputs,
+             forbidden=CAM_FAMILY),
+    Question("cam", 2, "cam", cam_reference, cam_inputs, forbidden=CAM_FAMILY),
+    Question("pointing_game", 1, "pointing_game", pointing_game_reference, _maps_and_masks,
+             forbidden=("xnn_lab.metrics.pointing_game",)),
+    Question("energy_pointing_game", 1, "energy_pointing_game", energy_reference, _maps_and_masks,
+             forbidden=("xnn_lab.metrics.energy_pointing_game",)),
     Question("cam_hits", 1, "cam_hits", cam_hits_reference),
 )

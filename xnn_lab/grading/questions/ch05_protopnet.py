@@ -128,12 +128,18 @@ def half_similarity_distance() -> float:
 
 
 QUESTIONS: tuple[Question, ...] = (
-    Question("prototype_distances", 2, "prototype_distances", _distances, lambda seed: _latent_trials(seed, 1)),
-    Question("similarity_scores", 2, "similarity_scores", _similarity_scores, lambda seed: _latent_trials(seed, 2)),
-    Question("cluster_cost", 2, "cluster_cost", _cluster_cost, lambda seed: _image_trials(seed, 3)),
-    Question("separation_cost", 1, "separation_cost", _separation_cost, lambda seed: _image_trials(seed, 4)),
+    Question("prototype_distances", 2, "prototype_distances", _distances, lambda seed: _latent_trials(seed, 1),
+             forbidden=("xnn_lab.protopnet.ProtoPNet.distances", "xnn_lab.protopnet.ProtoPNet.from_latent")),
+    Question("similarity_scores", 2, "similarity_scores", _similarity_scores, lambda seed: _latent_trials(seed, 2),
+             forbidden=("xnn_lab.protopnet.ProtoPNet.from_latent", "xnn_lab.protopnet.ProtoPNet.explain")),
+    Question("cluster_cost", 2, "cluster_cost", _cluster_cost, lambda seed: _image_trials(seed, 3),
+             forbidden=("xnn_lab.protopnet.protopnet_loss",)),
+    Question("separation_cost", 1, "separation_cost", _separation_cost, lambda seed: _image_trials(seed, 4),
+             forbidden=("xnn_lab.protopnet.protopnet_loss",)),
     Question("wrong_class_l1", 1, "wrong_class_l1", wrong_class_l1,
-             lambda seed: [(model,) for model, _ in _latent_trials(seed, 5)]),
-    Question("push", 3, "push", pushed_prototypes, lambda seed: _image_trials(seed, 6)),
+             lambda seed: [(model,) for model, _ in _latent_trials(seed, 5)],
+             forbidden=("xnn_lab.protopnet.wrong_class_l1", "xnn_lab.protopnet.protopnet_loss")),
+    Question("push", 3, "push", pushed_prototypes, lambda seed: _image_trials(seed, 6),
+             forbidden=("xnn_lab.protopnet.push_prototypes", "xnn_lab.protopnet.nearest_patches")),
     Question("half_similarity_distance", 1, "HALF_SIMILARITY_DISTANCE", half_similarity_distance),
 )

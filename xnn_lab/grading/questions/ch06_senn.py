@@ -108,12 +108,18 @@ def top_benign_feature() -> str:
     return cancer.feature_names[int(relevance.abs().argmax())]
 
 
+ROBUSTNESS = ("xnn_lab.senn.robustness_residual", "xnn_lab.senn.robustness_loss", "xnn_lab.senn.losses._residual",
+              "xnn_lab.senn.losses._robustness")
+
 QUESTIONS: tuple[Question, ...] = (
-    Question("aggregate", 1, "aggregate", SENN.aggregate, _aggregate_trials),
+    Question("aggregate", 1, "aggregate", SENN.aggregate, _aggregate_trials,
+             forbidden=("xnn_lab.senn.SENN.aggregate",)),
     Question("robustness_residual", 3, "robustness_residual", robustness_residual,
-             lambda seed: _model_trials(seed, 2)),
-    Question("robustness_loss", 1, "robustness_loss", robustness_loss, lambda seed: _model_trials(seed, 3)),
-    Question("senn_loss", 2, "senn_loss", _total_senn_loss, _senn_loss_trials),
+             lambda seed: _model_trials(seed, 2), forbidden=ROBUSTNESS),
+    Question("robustness_loss", 1, "robustness_loss", robustness_loss, lambda seed: _model_trials(seed, 3),
+             forbidden=ROBUSTNESS),
+    Question("senn_loss", 2, "senn_loss", _total_senn_loss, _senn_loss_trials,
+             forbidden=("xnn_lab.senn.senn_loss", "xnn_lab.senn.losses._loss")),
     Question("lipschitz_by_sampling", 2, "lipschitz_by_sampling", lipschitz_by_sampling, _lipschitz_trials),
     Question("top_feature", 1, "TOP_FEATURE", top_benign_feature),
 )

@@ -153,11 +153,12 @@ def trivial_concept_accuracy() -> float:
 
 
 QUESTIONS: tuple[Question, ...] = (
-    Question("joint_loss", 2, "joint_loss", _joint_loss, _joint_loss_trials),
-    Question("intervene", 2, "intervene", _intervene, _intervene_trials),
+    Question("joint_loss", 2, "joint_loss", _joint_loss, _joint_loss_trials, forbidden=("xnn_lab.concepts.JointLoss",)),
+    Question("intervene", 2, "intervene", _intervene, _intervene_trials,
+             forbidden=("xnn_lab.concepts.ConceptBottleneck.intervene",)),
     Question("intervention_curve", 2, "intervention_curve", intervention_curve, _curve_trials),
-    Question("encode_ted", 1, "encode_ted", encode_ted, _encode_trials),
-    Question("decode_ted", 1, "decode_ted", decode_ted, _decode_trials),
+    Question("encode_ted", 1, "encode_ted", encode_ted, _encode_trials, forbidden=("xnn_lab.concepts.encode_ted",)),
+    Question("decode_ted", 1, "decode_ted", decode_ted, _decode_trials, forbidden=("xnn_lab.concepts.decode_ted",)),
     Question("concept_label_agreement", 1, "concept_label_agreement", concept_label_agreement, _agreement_trials),
     Question("trivial_concept_accuracy", 1, "TRIVIAL_CONCEPT_ACCURACY", trivial_concept_accuracy),
 )

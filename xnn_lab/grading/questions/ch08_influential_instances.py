@@ -176,13 +176,19 @@ def most_helpful_index() -> int:
     return int(scores[0].argmax())
 
 
+# Every public function of xnn_lab.influence computes what these questions ask for, through one private objective.
+INFLUENCE = ("xnn_lab.influence.per_example_gradients", "xnn_lab.influence.hessian", "xnn_lab.influence.influence",
+             "xnn_lab.influence.self_influence", "xnn_lab.influence.tracin", "xnn_lab.influence.leave_one_out",
+             "xnn_lab.influence._objective._Objective")
+
 QUESTIONS: tuple[Question, ...] = (
-    Question("logreg_gradients", 1, "logreg_gradients", logreg_gradients, _gradient_trials),
-    Question("logreg_hessian", 2, "logreg_hessian", logreg_hessian, _hessian_trials),
-    Question("logreg_influence", 3, "logreg_influence", logreg_influence, _influence_trials),
-    Question("logreg_self_influence", 1, "logreg_self_influence", logreg_self_influence, _self_influence_trials),
-    Question("newton_removal", 2, "newton_removal", newton_removal, _removal_trials),
-    Question("logreg_tracin", 2, "logreg_tracin", logreg_tracin, _tracin_trials),
+    Question("logreg_gradients", 1, "logreg_gradients", logreg_gradients, _gradient_trials, forbidden=INFLUENCE),
+    Question("logreg_hessian", 2, "logreg_hessian", logreg_hessian, _hessian_trials, forbidden=INFLUENCE),
+    Question("logreg_influence", 3, "logreg_influence", logreg_influence, _influence_trials, forbidden=INFLUENCE),
+    Question("logreg_self_influence", 1, "logreg_self_influence", logreg_self_influence, _self_influence_trials,
+             forbidden=INFLUENCE),
+    Question("newton_removal", 2, "newton_removal", newton_removal, _removal_trials, forbidden=INFLUENCE),
+    Question("logreg_tracin", 2, "logreg_tracin", logreg_tracin, _tracin_trials, forbidden=INFLUENCE),
     Question("theta_hat_1d", 1, "THETA_HAT_1D", theta_hat_1d),
     Question("most_helpful", 1, "MOST_HELPFUL", most_helpful_index),
 )
