@@ -11,7 +11,7 @@ import pytest
 import xnn_lab
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("agnostic", "cam", "metrics", "trees", "protopnet", "senn", "concepts", "influence")
+METHODS = ("agnostic", "cam", "metrics", "trees", "protopnet", "senn", "concepts", "influence", "graphs")
 ALGORITHMS = ("xnn_lab", "xnn_lab.data", "xnn_lab.models", "xnn_lab.zoo", "xnn_lab.bench",
               *(f"xnn_lab.{name}" for name in METHODS))
 

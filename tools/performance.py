@@ -71,6 +71,20 @@ TABLES: dict[str, dict] = {
             ("push/epoch", "push / epoch time", "{:.2f}", "<= 1"),
         ],
     },
+    "graphs": {
+        "title": "Explaining every BA-Shapes house node (`xnn-lab bench graphs`)",
+        "about": "Chapter 9: a three-layer GCN (random weights) on BA-Shapes; every house node explained in one "
+                 "call, each on its own copy of its computation graph. PyG's GNNExplainer explains one node per "
+                 "call; it is timed on a few nodes and scaled to all of them.",
+        "rows": [
+            ("nodes", "house nodes explained", "{:.0f}", ""),
+            ("gnnexplainer_s", "GNNExplainer, 100 steps, all nodes: seconds", "{:.3f}", ""),
+            ("saliency_s", "gradient saliency, all nodes: seconds", "{:.3f}", ""),
+            ("integrated_gradients_s", "Integrated Gradients, 32 steps, all nodes: seconds", "{:.3f}", ""),
+            ("pyg_gnnexplainer_s", "PyG GNNExplainer, one node per call (scaled): seconds", "{:.3f}", ""),
+            ("pyg/xnn_lab gnnexplainer", "PyG one by one / batched time", "{:.1f}", ""),
+        ],
+    },
     "chapters": {
         "title": "Chapters (`tools/chapters.py`)",
         "about": "Each chapter's code run as a script in the mode named in the settings: seconds from its first "

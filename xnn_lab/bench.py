@@ -9,8 +9,9 @@ once, in turn, so that drifts of the machine hit all alike; each method's best r
 - :class:`xnn_lab.cam.CAM` for one class and for all classes;
 - deletion and insertion (:mod:`xnn_lab.metrics`) against the model's forward-only throughput.
 
-``bench_influence`` times exact influence on the digits against captum's, and
-``bench_protopnet`` a ProtoPNet's push against one training epoch.
+``bench_influence`` times exact influence on the digits against captum's,
+``bench_protopnet`` a ProtoPNet's push against one training epoch, and ``bench_graphs`` the
+explanation of every house node of BA-Shapes (chapter 9), batched, against PyG one node at a time.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from xnn_lab._core.runtime import device as default_device
 from xnn_lab.cam import CAM, GradCAM
 from xnn_lab.metrics import deletion_curve, insertion_curve
 
-__all__ = ["RECORDED", "bench_cam", "bench_influence", "bench_protopnet", "hardware", "save_record"]
+__all__ = ["RECORDED", "bench_cam", "bench_graphs", "bench_influence", "bench_protopnet", "hardware", "save_record"]
 
 # What a record may hold: each benchmark here, and the chapters timed by tools/chapters.py.
-RECORDED = ("cam", "influence", "protopnet", "chapters")
+RECORDED = ("cam", "influence", "protopnet", "graphs", "chapters")
 
 
 def hardware(device: torch.device | str) -> dict[str, str]:
@@ -364,3 +365,63 @@ def bench_influence(*, weight_decay: float = 0.01, hidden: int = 16, repeats: in
     for label, key, note in rows:
         print(f"  {label:58s}{result[key]:10.3f} s  {note}".rstrip())
     return result
+
+
+def bench_graphs(*, epochs: int = 100, steps: int = 32, pyg_nodes: int = 8, repeats: int = 3,
+                 device: torch.device | str | None = None, seed: int = 0) -> dict[str, float]:
+    """Time explaining every house node of BA-Shapes (chapter 9), batched, against PyG one by one.
+
+    A three-layer GCN (random weights: the cost does not depend on them) on ``make_ba_shapes(seed)``;
+    each of the 400 house nodes is explained by :class:`xnn_lab.graphs.GNNExplainer` (``epochs``
+    steps), :class:`~xnn_lab.graphs.GradientSaliency` and :class:`~xnn_lab.graphs.IntegratedGradients`
+    (``steps`` path points), all nodes in one call. PyG's own ``GNNExplainer`` explains one node per
+    call; it is timed on ``pyg_nodes`` nodes and scaled to all of them. Each time is the best of
+    ``repeats`` rounds.
+
+    Returns:
+        seconds for all house nodes: ``"gnnexplainer_s"``, ``"saliency_s"``,
+        ``"integrated_gradients_s"``, ``"pyg_gnnexplainer_s"`` (scaled), the node count
+        ``"nodes"`` and the ratio ``"pyg/xnn_lab gnnexplainer"``.
+    """
+    from torch_geometric.explain import Explainer
+    from torch_geometric.explain import GNNExplainer as PyGGNNExplainer
+
+    from xnn_lab.graphs import GCN, GNNExplainer, GradientSaliency, IntegratedGradients, make_ba_shapes
+
+    epochs = check_int("epochs", epochs, minimum=1)
+    steps = check_int("steps", steps, minimum=1)
+    pyg_nodes = check_int("pyg_nodes", pyg_nodes, minimum=1)
+    repeats = check_int("repeats", repeats, minimum=1)
+    device = torch.device(device) if device is not None else default_device()
+    data = make_ba_shapes(seed=seed)
+    nodes = data.node_mask.nonzero()[:, 0]
+    torch.manual_seed(seed)
+    model = GCN(10, 4).to(device).eval()
+    gnnexplainer = GNNExplainer(model, epochs=epochs, seed=seed)
+    saliency, integrated = GradientSaliency(model), IntegratedGradients(model, steps=steps)
+    pyg = Explainer(model, PyGGNNExplainer(epochs=epochs), explanation_type="model", node_mask_type="object",
+                    edge_mask_type="object", model_config=dict(mode="multiclass_classification", task_level="node",
+                                                                return_type="raw"))
+    x, edge_index = data.x.to(device), data.edge_index.to(device)
+
+    def pyg_one_by_one():
+        for node in nodes[:pyg_nodes].tolist():
+            pyg(x, edge_index, index=node)
+
+    seconds = _best_seconds({
+        "gnnexplainer_s": lambda: gnnexplainer(data, nodes),
+        "saliency_s": lambda: saliency(data, nodes),
+        "integrated_gradients_s": lambda: integrated(data, nodes),
+        "pyg_gnnexplainer_s": pyg_one_by_one,
+    }, repeats, device)
+    seconds["pyg_gnnexplainer_s"] *= len(nodes) / min(pyg_nodes, len(nodes))
+    seconds["nodes"] = float(len(nodes))
+    seconds["pyg/xnn_lab gnnexplainer"] = seconds["pyg_gnnexplainer_s"] / seconds["gnnexplainer_s"]
+    where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    print(f"bench graphs: BA-Shapes, {len(nodes)} house nodes, GCN 3x20, on {where}, best of {repeats} rounds")
+    print(f"  GNNExplainer ({epochs} steps), all nodes in one call {seconds['gnnexplainer_s']:9.3f} s")
+    print(f"  gradient saliency, all nodes                  {seconds['saliency_s']:9.3f} s")
+    print(f"  Integrated Gradients ({steps} steps), all nodes   {seconds['integrated_gradients_s']:9.3f} s")
+    print(f"  PyG GNNExplainer, one node per call (scaled)   {seconds['pyg_gnnexplainer_s']:9.3f} s  "
+          f"{seconds['pyg/xnn_lab gnnexplainer']:.1f}x the batched time")
+    return seconds

@@ -20,6 +20,7 @@ from xnn_lab.grading.cli import add_parsers as add_grading_parsers
 # The benchmarks of ``xnn-lab bench`` and the command-line settings each one takes.
 BENCHMARKS = {
     "cam": ("bench_cam", ("model", "layer", "batch_size", "image_size", "num_classes", "steps")),
+    "graphs": ("bench_graphs", ()),
     "influence": ("bench_influence", ()),
     "protopnet": ("bench_protopnet", ("n", "image_size", "backbone", "batch_size")),
 }

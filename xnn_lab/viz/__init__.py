@@ -12,3 +12,6 @@ from xnn_lab.viz.trees import plot_regions, plot_tree
 __all__ = ["overlay", "plot_history", "plot_ice", "show_images", "show_overlays",
            "draw_patch", "plot_prototype_explanations", "plot_pushed_prototypes",
            "plot_regions", "plot_tree"]
+
+from xnn_lab.viz.graphs import plot_explanations, plot_graph  # noqa: E402  (chapter 9)
+__all__ += ["plot_explanations", "plot_graph"]
