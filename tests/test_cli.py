@@ -118,6 +118,6 @@ def test_a_command_whose_extra_is_missing_names_the_extra(monkeypatch, capsys):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbgrader" else real(name, *a))
-    assert cli.main(["exercises", "--check"]) == 2
+    assert cli.main(["exercises", "--solutions", "solutions", "--exercises", "exercises", "--check"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'xnn_lab[grading]'" in err and "nbgrader" in err
