@@ -46,6 +46,7 @@ CASES = {
                                                               num_classes=3, epochs=2), False),
     "deletion_curve": (_cnn, lambda m: metrics.deletion_curve(m, IMAGES, MAPS, 0, steps=4), False),
     "insertion_curve": (_cnn, lambda m: metrics.insertion_curve(m, IMAGES, MAPS, 1, steps=4), False),
+    "road_curve": (_cnn, lambda m: metrics.road_curve(m, IMAGES, MAPS, 2, fractions=[0.0, 0.5]), False),
     "randomization_sanity_check": (_cnn, lambda m: metrics.randomization_sanity_check(
         cam.GradCAM(m, "features"), IMAGES, layers=["classifier", "features.0"]), False),
     "local_lipschitz": (_cnn, lambda m: metrics.local_lipschitz(cam.GradCAM(m, "features"), IMAGES[:2], 0.1,

@@ -1,14 +1,81 @@
-"""Saliency maps scored against the model: deletion and insertion (Petsiuk et al., 2018)."""
+"""Saliency maps scored against the model: deletion and insertion (Petsiuk et al., 2018).
+
+What a removed pixel becomes is the ``baseline``: a number, a tensor, or one of the named
+canvases of :data:`BASELINES`: ``"grey"`` (0.5, the canvas chapter 3 uses), ``"zero"`` (RISE's
+deletion: zeros in the model's input space) and ``"blur"`` (RISE's insertion: a Gaussian blur of
+the image, :func:`blur_images`).
+"""
 
 from __future__ import annotations
 
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xnn_lab._core.checks import check_finite, check_float, check_images, check_int, check_tensor, input_errors
+from xnn_lab._core.checks import (check_choice, check_finite, check_float, check_images, check_int, check_tensor,
+                                  input_errors)
 from xnn_lab._core.state import model_state
+
+
+#: The named baselines of :func:`deletion_curve` and :func:`insertion_curve`.
+BASELINES = ("grey", "zero", "blur")
+
+
+def blur_images(images: torch.Tensor, *, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """A Gaussian blur of each channel: RISE's insertion canvas (its code uses an 11 x 11 kernel, sigma 5).
+
+    The kernel is normalised to sum 1 and the image is padded by reflection, so a constant image
+    stays constant.
+
+    Args:
+        images: (N, C, H, W) images.
+        kernel_size: odd side of the square kernel, at least 1 (1 returns the images unchanged).
+        sigma: the Gaussian's standard deviation in pixels, > 0.
+
+    Returns:
+        (N, C, H, W) blurred images, on the images' device and dtype.
+    """
+    check_images("images", images)
+    kernel_size = check_int("kernel_size", kernel_size, minimum=1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    sigma = check_float("sigma", sigma, minimum=0.0, open_min=True)
+    half = kernel_size // 2
+    if half >= min(images.shape[-2:]):
+        raise ValueError(f"kernel_size must be smaller than twice the images' side, got {kernel_size} for images "
+                         f"of shape {tuple(images.shape)}")
+    offsets = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - half
+    weights = torch.exp(-offsets**2 / (2 * sigma**2))
+    weights = weights / weights.sum()
+    n, c, h, w = images.shape
+    flat = F.pad(images.reshape(n * c, 1, h, w), (half, half, half, half), mode="reflect")
+    # The 2-D Gaussian is separable: a row pass then a column pass.
+    flat = F.conv2d(flat, weights.view(1, 1, 1, -1))
+    flat = F.conv2d(flat, weights.view(1, 1, -1, 1))
+    return flat.view(n, c, h, w)
+
+
+def _baseline_images(baseline, images: torch.Tensor) -> torch.Tensor:
+    """``baseline`` (a name, a number or a tensor) as an images-shaped tensor."""
+    if isinstance(baseline, str):
+        check_choice("baseline", baseline, BASELINES)
+        if baseline == "blur":
+            return blur_images(images)
+        value = 0.5 if baseline == "grey" else 0.0
+        return torch.full((1,), value, dtype=images.dtype, device=images.device).expand(images.shape)
+    if isinstance(baseline, torch.Tensor):
+        try:
+            baseline = torch.broadcast_to(baseline.to(images), images.shape)
+        except RuntimeError:
+            raise ValueError(f"baseline must broadcast to the images' shape {tuple(images.shape)}, "
+                             f"got shape {tuple(baseline.shape)}") from None
+        return check_finite("baseline", baseline)
+    if isinstance(baseline, bool) or not isinstance(baseline, Real):
+        raise TypeError(f"baseline must be a number, a tensor or one of {BASELINES}, got {baseline!r}")
+    return torch.full((1,), check_float("baseline", baseline), dtype=images.dtype,
+                      device=images.device).expand(images.shape)
 
 
 def saliency_ranks(maps: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
@@ -46,16 +113,7 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     target = _check_class_target(target, n, images.device)
-    if isinstance(baseline, torch.Tensor):
-        try:
-            baseline = torch.broadcast_to(baseline.to(images), images.shape)
-        except RuntimeError:
-            raise ValueError(f"baseline must broadcast to the images' shape {tuple(images.shape)}, "
-                             f"got shape {tuple(baseline.shape)}") from None
-        check_finite("baseline", baseline)
-    else:
-        baseline = torch.full((1,), check_float("baseline", baseline), dtype=images.dtype,
-                              device=images.device).expand(images.shape)
+    baseline = _baseline_images(baseline, images)
     pixels = height * width
     ranks = saliency_ranks(maps.to(images.device), seed=seed)
     counts = torch.arange(steps + 1, device=images.device) * pixels // steps
@@ -107,8 +165,9 @@ def deletion_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, s
             saliency, ties in random order (see :func:`saliency_ranks`).
         target: the class to score, an int or an (N,) int tensor.
         steps: S; step s changes the floor(s H W / S) most salient pixels, s = 0 .. S.
-        baseline: what a removed pixel becomes: a number or a tensor broadcastable to
-            ``images``.
+        baseline: what a removed pixel becomes: a number, a tensor broadcastable to
+            ``images``, or a name from :data:`BASELINES`: ``"grey"`` (0.5), ``"zero"`` (RISE's
+            deletion) or ``"blur"`` (:func:`blur_images` of each image).
         batch_size: perturbed images per forward pass; all N (S + 1) of them are built and
             scored in chunks of this size on the images' device.
         seed: orders pixels of equal saliency.
@@ -135,8 +194,9 @@ def insertion_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, 
             saliency, ties in random order (see :func:`saliency_ranks`).
         target: the class to score, an int or an (N,) int tensor.
         steps: S; step s changes the floor(s H W / S) most salient pixels, s = 0 .. S.
-        baseline: the image the pixels are inserted into: a number or a tensor broadcastable
-            to ``images`` (the paper uses a blurred copy).
+        baseline: the image the pixels are inserted into: a number, a tensor broadcastable
+            to ``images``, or a name from :data:`BASELINES`: ``"grey"`` (0.5), ``"zero"`` or
+            ``"blur"`` (:func:`blur_images` of each image, RISE's insertion canvas).
         batch_size: perturbed images per forward pass; all N (S + 1) of them are built and
             scored in chunks of this size on the images' device.
         seed: orders pixels of equal saliency.
