@@ -540,7 +540,7 @@ def test_prototype_explanations_show_this_and_that():
     fig = plot_prototype_explanations(x[:2], explanation, push, x, model.prototype_classes,
                                       field=model.receptive_field(), labels=torch.tensor([0, 1]))
     try:
-        assert fig.get_figwidth() <= 12
+        assert fig.get_figwidth() <= 7.5     # the page width: shown at full size, titles readable
         _title_fits(fig)
         assert len(fig.axes) == 2 * 7
         j = explanation.prototypes[1, 2].item()
@@ -548,7 +548,7 @@ def test_prototype_explanations_show_this_and_that():
         assert that.get_title() == f"that: p{j}\nclass {model.prototype_classes[j].item()}"
         shown = torch.as_tensor(that.images[0].get_array().data).permute(2, 0, 1)
         assert torch.allclose(shown, x[push.image_index[j]])
-        assert fig.axes[7].get_title().startswith("true 1, predicted")
+        assert fig.axes[7].get_title().replace("\n", " ").startswith("true 1, predicted")
     finally:
         plt.close(fig)
 
@@ -595,3 +595,22 @@ def test_functions_compute_on_the_models_device_and_leave_it_there():
     fig = plot_prototype_explanations(x[:4].cuda(), top_prototypes(model, x[:4].cuda()), push, x.cuda(),
                                       model.prototype_classes, field=model.receptive_field())
     plt.close(fig)
+
+
+def test_last_layer_stage_centres_the_wrong_class_weights_without_changing_probabilities():
+    from xnn_lab.protopnet.train import _center_wrong_class_weights
+    model = tiny_model()
+    x, y = tiny_data()
+    with torch.no_grad():
+        noise = torch.randn(model.last_layer.weight.shape, generator=torch.Generator().manual_seed(0))
+        model.last_layer.weight.add_(noise)
+        before = model(x).softmax(1)
+    l1_before = wrong_class_l1(model).item()
+    shift = _center_wrong_class_weights(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).softmax(1), before, rtol=0, atol=1e-6)
+    assert shift.shape == (model.num_prototypes,) and wrong_class_l1(model).item() <= l1_before
+    train_stage(model, (x, y), "last_layer", epochs=3, batch_size=4, device=torch.device("cpu"))
+    wrong = (1 - model.class_identity().T).bool()
+    medians = model.last_layer.weight.detach().masked_fill(~wrong, float("nan")).nanmedian(dim=0).values
+    assert medians.abs().max() < 1e-6

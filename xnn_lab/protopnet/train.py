@@ -13,7 +13,12 @@ prototypes of the other classes. The stages differ in what they train:
 - ``"joint"``: the backbone, the add-on layers and the prototypes; the last layer stays fixed;
 - push (:func:`xnn_lab.protopnet.push_prototypes`): each prototype becomes a training patch;
 - ``"last_layer"``: the last layer only; with the rest fixed, the loss is cross-entropy plus the
-  L1 term, a convex problem.
+  L1 term, a convex problem. The softmax does not change when all the weights of one prototype
+  (a column of :math:`W`) move by the same amount, so along those directions only the L1 term
+  acts, with a gradient of :math:`\lambda_3` per weight: too small for a stochastic optimiser to
+  follow in a few hundred steps. Before every step the stage therefore minimises the loss exactly
+  along them: each column moves so that the median of its wrong-class weights is 0, which
+  lowers the L1 term and changes no probability.
 
 Each stage is an objective given to the package's one training loop, :func:`xnn_lab.fit`.
 """
@@ -62,6 +67,32 @@ def _check_weights(clst, sep, l1) -> tuple[float, float, float]:
 def wrong_class_l1(model: ProtoPNet) -> torch.Tensor:
     """The L1 norm of the last layer's weights from prototypes to the classes they do not belong to."""
     return (model.last_layer.weight * (1 - model.class_identity().T)).abs().sum()
+
+
+@torch.no_grad()
+def _center_wrong_class_weights(model: ProtoPNet) -> torch.Tensor:
+    r"""Move each column of the last layer so that the median of its wrong-class weights is 0.
+
+    Adding :math:`a_j` to every weight :math:`W_{cj}` of prototype :math:`j` adds
+    :math:`\sum_j a_j g_j` to every logit, so the softmax, the cross-entropy and every prediction
+    stay as they are, while the L1 term :math:`\sum_{c: \mathbf{p}_j \notin \mathbf{P}_c} |W_{cj} + a_j|`
+    is smallest at :math:`a_j` = minus the median of those weights: an exact minimisation of the
+    last-layer loss along the directions where only the L1 term acts.
+
+    Args:
+        model: the ProtoPNet; its last layer is changed in place.
+
+    Returns:
+        (M,) the amounts :math:`a_j` added to each column.
+    """
+    model = _check_model(model)
+    weight = model.last_layer.weight
+    wrong = (1 - model.class_identity().T).bool()                               # (C, M)
+    if not wrong.any():                                                         # one class: no wrong-class weights
+        return torch.zeros(weight.shape[1], dtype=weight.dtype, device=weight.device)
+    shift = -weight.masked_fill(~wrong, float("nan")).nanmedian(dim=0).values
+    weight.add_(shift[None])
+    return shift
 
 
 def _loss(model: ProtoPNet, out: _Scores, y: torch.Tensor, clst: float, sep: float,
@@ -190,6 +221,7 @@ def train_stage(model: ProtoPNet, train, stage: str, *, epochs: int, lr: float =
         data = _cache("train", train, cache_batch, device, model, lambda X: model._scores(model.latent(X)).similarities)
 
         def objective(similarities: torch.Tensor, y: torch.Tensor) -> Step:
+            _center_wrong_class_weights(model)      # the exact step along the flat directions
             logits = model.last_layer(similarities)
             cross_entropy, wrong_l1 = F.cross_entropy(logits, y), wrong_class_l1(model)
             terms = {"cross_entropy": cross_entropy, "cluster": None, "separation": None, "l1": wrong_l1}
@@ -199,8 +231,11 @@ def train_stage(model: ProtoPNet, train, stage: str, *, epochs: int, lr: float =
 
         def objective(X: torch.Tensor, y: torch.Tensor) -> Step:
             return _step(model, model._scores(model.latent(X)), y, clst, sep, l1)
-    return fit(model, data, objective=objective, parameters=groups, epochs=epochs, lr=lr, batch_size=batch_size,
-               train_mode=stage == "joint", seed=seed, device=device, progress=progress, desc=stage)
+    history = fit(model, data, objective=objective, parameters=groups, epochs=epochs, lr=lr, batch_size=batch_size,
+                  train_mode=stage == "joint", seed=seed, device=device, progress=progress, desc=stage)
+    if stage == "last_layer":
+        _center_wrong_class_weights(model)          # and after the last step
+    return history
 
 
 class ProtoPNetRun(NamedTuple):

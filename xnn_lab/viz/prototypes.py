@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 TITLE_SIZE = 9          # points: readable when the book scales a 12-inch figure to its page
 MAX_WIDTH = 12.0        # inches
+PAGE_WIDTH = 7.5        # inches: a figure this wide is shown at full size (100 dpi) on the book's page
 _CHAR_WIDTH = 0.55 * TITLE_SIZE / 72   # inches per character of a title, on average
 
 
@@ -180,8 +181,9 @@ def plot_prototype_explanations(images: torch.Tensor, explanation: TopPrototypes
     maps = _upsampled(explanation.activation_maps.flatten(0, 1), tuple(images.shape[-2:]))
     maps = maps.reshape(batch, top, *images.shape[-2:])
     columns = 1 + 2 * top
-    size = min(1.6, MAX_WIDTH / columns)
-    fig, axes = plt.subplots(batch, columns, figsize=(columns * size, batch * (size + 0.55)), squeeze=False)
+    size = min(1.6, PAGE_WIDTH / columns)   # not scaled down on the page: 9-point titles stay readable
+    text = 0.8 * size                       # a panel's width less the padding between panels
+    fig, axes = plt.subplots(batch, columns, figsize=(columns * size, batch * (size + 1.0)), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for i in range(batch):
@@ -190,7 +192,7 @@ def plot_prototype_explanations(images: torch.Tensor, explanation: TopPrototypes
         kind = "predicted" if target == int(explanation.logits[i].argmax()) else "explained"
         truth = f"true {int(labels[i])}, " if labels is not None else ""
         axes[i, 0].imshow(image)
-        axes[i, 0].set_title(_wrap(f"{truth}{kind} {target}\nlogit {explanation.logits[i, target]:.2f}", size),
+        axes[i, 0].set_title(_wrap(f"{truth}{kind} {target}\nlogit {explanation.logits[i, target]:.2f}", text),
                              fontsize=TITLE_SIZE)
         for k in range(top):
             j = int(explanation.prototypes[i, k])
@@ -199,9 +201,9 @@ def plot_prototype_explanations(images: torch.Tensor, explanation: TopPrototypes
             this.imshow(image)
             this.imshow(maps[i, k].numpy(), cmap="jet", alpha=0.35)
             draw_patch(this, explanation.boxes[i, k], cell=explanation.cells[i, k], field=field)
-            this.set_title(_wrap(f"this: g = {g:.2f}\nx w {w:.2f} = {g * w:.2f}", size), fontsize=TITLE_SIZE)
+            this.set_title(_wrap(f"this: g {g:.2f}\nx w {w:.2f}\n= {g * w:.2f}", text), fontsize=TITLE_SIZE)
             that.imshow(_image_array("source_images", sources[j]))
             draw_patch(that, push.boxes[j], cell=push.cells[j], field=field)
-            that.set_title(_wrap(f"that: p{j}\nclass {classes[j]}", size), fontsize=TITLE_SIZE)
+            that.set_title(_wrap(f"that: p{j}\nclass {classes[j]}", text), fontsize=TITLE_SIZE)
     fig.tight_layout()
     return fig
