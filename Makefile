@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) -m xnn_lab.cli bench cam --device cpu --json $(RECORDS)/cam-cpu.json
 	$(PY) -m xnn_lab.cli bench influence --device cpu --json $(RECORDS)/influence-cpu.json
 	$(PY) -m xnn_lab.cli bench protopnet --device cpu --json $(RECORDS)/protopnet-cpu.json
+	$(PY) -m xnn_lab.cli bench graphs --json $(RECORDS)/graphs-cpu.json
 	CUDA_VISIBLE_DEVICES= $(PY) tools/chapters.py --quick $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu-quick.json
 	CUDA_VISIBLE_DEVICES= $(PY) tools/chapters.py $(NOTEBOOKS) --json $(RECORDS)/chapters-cpu.json
 	$(PY) tools/performance.py $(RECORDS) --output book/performance.md
