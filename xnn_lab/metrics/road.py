@@ -96,8 +96,8 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, *, nois
 
     Solves, for each image and channel, the linear system of the module docstring (every removed
     pixel equals the weighted mean of its in-image neighbours, kept pixels fixed), then adds
-    N(0, ``noise``^2) noise to the imputed pixels only. An image with every pixel removed has no
-    value to spread and is filled with 0 (plus noise).
+    Gaussian noise of standard deviation ``noise`` to the imputed pixels only. An image with every
+    pixel removed has no value to spread and is filled with 0 (plus noise).
 
     Args:
         images: (N, C, H, W) images.
