@@ -74,6 +74,11 @@ REPORT_JS = r"""
         .map(e => e.textContent.trim().slice(0, 120)),
     mjxContainers: document.querySelectorAll('mjx-container').length,
     rawMath: rawMath,
+    // Code and display math wider than their box: cut at the right edge (or behind a scrollbar
+    // that headless screenshots do not show). Cell outputs are data tables, left to scroll.
+    clipped: Array.from(document.querySelectorAll('div.highlight pre, mjx-container[display="true"]'))
+        .filter(e => !e.closest('.cell_output') && e.scrollWidth > e.clientWidth + 1)
+        .map(e => `${e.scrollWidth - e.clientWidth} px too wide: ${e.textContent.trim().slice(0, 80)}`),
   };
 })()
 """
@@ -85,7 +90,7 @@ class DevToolsError(RuntimeError):
 
 @dataclass
 class PageReport:
-    """What loading one page showed: errors, images, math, links, anchors and the sidebar."""
+    """What loading one page showed: errors, images, math, links, anchors, the sidebar, clipped code."""
 
     url: str
     title: str
@@ -98,6 +103,7 @@ class PageReport:
     unrendered_math: list
     mjx_containers: int
     raw_math: list
+    clipped: list
     screenshot: Path | None = None
 
     @property
@@ -237,7 +243,7 @@ class Chromium:
                           links=facts["links"], ids=set(facts["ids"]), sidebar=facts["sidebar"],
                           math_elements=facts["mathElements"], unrendered_math=facts["unrenderedMath"],
                           mjx_containers=facts["mjxContainers"], raw_math=facts["rawMath"],
-                          screenshot=screenshot)
+                          clipped=facts["clipped"], screenshot=screenshot)
 
     def landing(self, url, timeout=10.0):
         """Where loading ``url`` ends up once its redirects (such as a meta refresh) have run."""

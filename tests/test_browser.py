@@ -1,7 +1,8 @@
 """The built book in headless Chromium, as a reader opens it.
 
 Every page loads without console errors, every image loads, the math is typeset by MathJax, no
-internal link or ``#anchor`` is broken, and the sidebar lists every page of ``_toc.yml``. A
+internal link or ``#anchor`` is broken, no code block or displayed formula is wider than its box,
+and the sidebar lists every page of ``_toc.yml``. A
 full-page screenshot of the intro and of each chapter is kept in ``_build/browser-artifacts``
 (or in ``$XNN_LAB_BROWSER_ARTIFACTS``).
 
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser_check import CHROMIUM, Chromium, broken_links, crawl, serve
+from browser_check import CHROMIUM, VIEWPORT, Chromium, broken_links, crawl, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 DOCS = [TOC["root"]] + [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
-PAGES = [f"{doc}.html" for doc in DOCS]
-CHAPTERS = [f"{doc}.html" for doc in DOCS if Path(doc).name[:1].isdigit()]
+# The pages nested under a chapter (the exercise notebooks under the Exercises page).
+SECTIONS = [section["file"] for part in TOC["parts"] for entry in part["chapters"]
+            for section in entry.get("sections", [])]
+PAGES = [f"{doc}.html" for doc in DOCS + SECTIONS]
+CHAPTERS = [f"{doc}.html" for doc in DOCS if doc.startswith("book/") and Path(doc).name[:1].isdigit()]
 SCREENSHOT_PAGES = [f"{TOC['root']}.html", *CHAPTERS]
 GENERATED = ["genindex.html", "search.html", "py-modindex.html"]
 ARTIFACTS = Path(os.environ.get("XNN_LAB_BROWSER_ARTIFACTS", ROOT / "_build" / "browser-artifacts"))
@@ -122,6 +126,12 @@ def test_math_is_rendered(site, page):
     assert report.mjx_containers >= report.math_elements
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_no_code_or_formula_is_cut_at_the_right_edge(site, page):
+    clipped = site[1][page].clipped
+    assert clipped == [], f"{page} at {VIEWPORT['width']} px: " + "; ".join(clipped[:5])
+
+
 def test_pages_with_math_have_it(site):
     """A guard for the test above: the book has formulas, so some page must show typeset ones."""
     assert sum(report.mjx_containers for report in site[1].values()) > 0
@@ -165,6 +175,8 @@ def test_checks_catch_what_they_look_for(tmp_path):
         "<html><body><nav class='bd-docs-nav'><a href='a.html'>a</a></nav>"
         "<img src='missing.png'><span class='math'>\\(x^2\\)</span><p>$y_1$ typed, not typeset</p>"
         "<a href='b.html#there'>fine</a><a href='b.html#nowhere'>bad anchor</a><a href='gone.html'>gone</a>"
+        "<div class='highlight' style='width: 200px'><pre style='overflow: auto'>" + "x = 1 + " * 40 + "1</pre></div>"
+        "<div class='highlight' style='width: 200px'><pre>x = 1</pre></div>"
         "<script>console.error('boom')</script><script>null.crash()</script></body></html>")
     (tmp_path / "b.html").write_text("<html><body><h1 id='there'>b</h1></body></html>")
     with serve(tmp_path) as base_url, Chromium() as browser:
@@ -179,6 +191,7 @@ def test_checks_catch_what_they_look_for(tmp_path):
     assert a.unrendered_math == ["\\(x^2\\)"] and a.mjx_containers == 0
     assert a.raw_math == ["\\(x^2\\)", "$y_1$ typed, not typeset"]
     assert a.sidebar == [base_url + "a.html"]
+    assert len(a.clipped) == 1 and "px too wide: x = 1 + x = 1" in a.clipped[0]
     assert sorted((link.removeprefix(base_url), reason) for _, link, reason in broken) == [
         ("b.html#nowhere", "no id 'nowhere' on b.html"), ("gone.html", "no such file")]
     assert a.screenshot.read_bytes()[:4] == b"\x89PNG"
