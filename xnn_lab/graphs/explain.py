@@ -244,8 +244,11 @@ class GNNExplainer(_Explainer):
     :math:`\\sigma(m)` that keep the prediction of the target class while being small and nearly
     binary, by Adam on
 
-    .. math:: -\\log p(y \\mid G \\odot \\sigma(M), X \\odot \\sigma(m))
+    .. math::
+
+        -\\log p(y \\mid G \\odot \\sigma(M), X \\odot \\sigma(m))
         + \\alpha_e \\sum \\sigma(M) + \\beta_e \\overline{H(\\sigma(M))}
+
         + \\alpha_n \\overline{\\sigma(m)} + \\beta_n \\overline{H(\\sigma(m))},
 
     the sums and means taken over the elements that receive a gradient at the first step (the
