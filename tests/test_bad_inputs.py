@@ -118,6 +118,39 @@ def bottleneck() -> concepts.ConceptBottleneck:
     return concepts.ConceptBottleneck(3, 4, widths=(4, 8)).eval()
 
 
+@functools.cache
+def ba_shapes():
+    from xnn_lab import graphs
+
+    return graphs.make_ba_shapes(seed=0)
+
+
+@functools.cache
+def gcn() -> nn.Module:
+    from xnn_lab import graphs
+
+    torch.manual_seed(0)
+    return graphs.GCN(10, 4).eval()
+
+
+def graphs_module():
+    from xnn_lab import graphs
+
+    return graphs
+
+
+def ba_with(x_fill: float | None = None, bad_label: int | None = None):
+    """BA-Shapes with one feature set to ``x_fill`` or one label set to ``bad_label``."""
+    data = ba_shapes().clone()
+    if x_fill is not None:
+        data.x = data.x.clone()
+        data.x[0, 0] = x_fill
+    if bad_label is not None:
+        data.y = data.y.clone()
+        data.y[0] = bad_label
+    return data
+
+
 def cross_entropy(logits, y):
     return nn.functional.cross_entropy(logits, y, reduction="none")
 
@@ -233,6 +266,17 @@ BAD: list[Bad] = [
     Bad("retrain-gap-nan", lambda: cam.retrain_gap_head(cnn().features, (images(4, fill=NAN), labels(4, 2)),
                                                          num_classes=2, epochs=1), ValueError, "train"),
 
+    # graphs
+    Bad("graphs-explain-target-too-big", lambda: graphs_module().GradientSaliency(gcn())(
+        ba_shapes(), index=torch.tensor([400]), target=9), ValueError, "target"),
+    Bad("graphs-explain-index-out-of-range", lambda: graphs_module().GradientSaliency(gcn())(
+        ba_shapes(), index=torch.tensor([10_000])), ValueError, "index"),
+    Bad("graphs-fit-label-too-big", lambda: graphs_module().fit_gnn(
+        graphs_module().GCN(10, 4), ba_with(bad_label=7), epochs=1), ValueError, "data.y"),
+    Bad("graphs-auroc-labels-not-bool", lambda: graphs_module().auroc(
+        torch.rand(4), torch.tensor([1, 0, 1, 0])), TypeError, "labels"),
+    Bad("graphs-top-k-zero", lambda: graphs_module().top_k_mask(torch.rand(4), 0), ValueError,
+        "k"),
     # models
     Bad("plaincnn-size-not-divisible", lambda: PlainCNN(3, widths=(4, 8), image_size=30), ValueError, "image_size"),
     Bad("plaincnn-wrong-size", lambda: PlainCNN(3, widths=(4, 8), image_size=16)(images(size=32)), ValueError, "x"),
@@ -512,6 +556,14 @@ def poisoned(value: float):
         "road_curve": lambda: metrics.road_curve(cnn(), x, maps(4), 0, fractions=[0.5]),
         "road_curve(maps)": lambda: metrics.road_curve(cnn(), images(4), maps(4, fill=value), 0, fractions=[0.5]),
         "noisy_linear_imputation": lambda: metrics.noisy_linear_imputation(x, masks(4)),
+        "graphs.fit_gnn": lambda: graphs_module().fit_gnn(graphs_module().GCN(10, 4), ba_with(value), epochs=1),
+        "graphs.predict_gnn": lambda: graphs_module().predict_gnn(gcn(), ba_with(value)),
+        "graphs.accuracy": lambda: graphs_module().accuracy(gcn(), ba_with(value)),
+        "graphs.GNNExplainer": lambda: graphs_module().GNNExplainer(gcn(), epochs=1)(ba_with(value), index=400),
+        "graphs.GradientSaliency": lambda: graphs_module().GradientSaliency(gcn())(ba_with(value), index=400),
+        "graphs.IntegratedGradients": lambda: graphs_module().IntegratedGradients(gcn())(ba_with(value), index=400),
+        "graphs.auroc": lambda: graphs_module().auroc(maps(fill=value)[0, 0], torch.arange(16) % 2 == 0),
+        "graphs.top_k_mask": lambda: graphs_module().top_k_mask(maps(fill=value)[0, 0], 3),
         "blur_images": lambda: metrics.blur_images(x),
         "imagenet_image": lambda: imagenet_image(x[0]),
         "pointing_game": lambda: metrics.pointing_game(maps(fill=value), masks()),
@@ -575,6 +627,13 @@ def out_of_range(bad: int):
         "deletion_curve": lambda: metrics.deletion_curve(cnn(), x, maps(4), bad),
         "insertion_curve": lambda: metrics.insertion_curve(cnn(), x, maps(4), torch.full((4,), bad)),
         "road_curve": lambda: metrics.road_curve(cnn(), x, maps(4), bad, fractions=[0.5]),
+        "graphs.fit_gnn": lambda: graphs_module().fit_gnn(graphs_module().GCN(10, 4), ba_with(bad_label=bad),
+                                                          epochs=1),
+        "graphs.accuracy": lambda: graphs_module().accuracy(gcn(), ba_with(bad_label=bad)),
+        "graphs.GNNExplainer": lambda: graphs_module().GNNExplainer(gcn(), epochs=1)(ba_shapes(), index=400,
+                                                                                     target=bad),
+        "graphs.GradientSaliency": lambda: graphs_module().GradientSaliency(gcn())(ba_shapes(), index=400,
+                                                                                  target=bad),
         "randomization_sanity_check": lambda: metrics.randomization_sanity_check(gradcam(), x, bad),
         "top_prototypes": lambda: protopnet.top_prototypes(protonet(), x, target=torch.full((4,), bad)),
         "push_prototypes": lambda: protopnet.push_prototypes(protonet(), pairs),

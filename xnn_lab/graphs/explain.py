@@ -28,7 +28,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
 from torch_geometric.nn import MessagePassing
 
-from xnn_lab._core.checks import check_float, check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_float, check_int, check_tensor
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab.graphs.data import batch_of
 
@@ -147,6 +147,7 @@ def _parts(data, index, num_hops: int | None, device: torch.device) -> _Parts:
                             f"got {type(data).__name__}")
         if num_hops is None:
             raise ValueError("num_hops: the model has no num_layers attribute; pass num_hops")
+        index = _check_index(index, data.num_nodes)
         return computation_subgraphs(data.to(device), index.to(device), num_hops)
     if isinstance(data, Data) and not isinstance(data, Batch) and "train_mask" in data:
         raise ValueError("index must name the nodes to explain for a node task (data has train_mask)")
@@ -201,11 +202,12 @@ class _Explainer:
     def __call__(self, data, index=None, target=None) -> GraphExplanation:
         device = model_device(self.model)
         parts = _parts(data, index, self.num_hops, device)
+        check_finite("data.x", parts.x)
         with model_state(self.model, requires_grad=False):
             try:
                 with torch.no_grad():
-                    predicted = _scores(self.model, parts, parts.x).argmax(1)
-                target = _check_target(target, predicted)
+                    scores = _scores(self.model, parts, parts.x)
+                target = _check_target(target, scores)
                 return self._explain(parts, target.to(device))
             finally:
                 clear_masks(self.model)
@@ -221,7 +223,9 @@ class _Explainer:
                                 parts.centre, parts.x)
 
 
-def _check_target(target, predicted: torch.Tensor) -> torch.Tensor:
+def _check_target(target, scores: torch.Tensor) -> torch.Tensor:
+    """The classes to explain: ``target``, checked against the (K, C) scores, or the predicted ones."""
+    predicted = scores.argmax(1)
     if target is None:
         return predicted
     if isinstance(target, int) and not isinstance(target, bool):
@@ -230,6 +234,10 @@ def _check_target(target, predicted: torch.Tensor) -> torch.Tensor:
     if len(target) != len(predicted):
         raise ValueError(f"target must hold one class per explained node or graph ({len(predicted)}), "
                          f"got {len(target)}")
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= scores.shape[1]:
+        raise ValueError(f"target must hold classes in [0, {scores.shape[1]}) for a model with "
+                         f"{scores.shape[1]} outputs, got {low if low < 0 else high}")
     return target.to(predicted.device)
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab._core.checks import check_finite, check_int, check_tensor
 from xnn_lab._core.state import model_device, model_state
 
 
 def _scores_and_labels(scores, labels, group):
     check_tensor("scores", scores, ndim=1)
+    check_finite("scores", scores)
     check_tensor("labels", labels, ndim=1)
     if labels.dtype != torch.bool:
         raise TypeError(f"labels must be a bool tensor, got dtype {labels.dtype}")
@@ -86,6 +87,7 @@ def top_k_mask(scores: torch.Tensor, k: int, group: torch.Tensor | None = None) 
     broken by position (the earlier element wins)."""
     k = check_int("k", k, minimum=1)
     check_tensor("scores", scores, ndim=1)
+    check_finite("scores", scores)
     if group is None:
         group = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
     check_tensor("group", group, ndim=1, integral=True)
@@ -158,10 +160,12 @@ def fidelity(model: nn.Module, explanation, node_mask: torch.Tensor | None = Non
     if edge_mask is None:
         edge_mask = explanation.edge_mask
     check_tensor("edge_mask", edge_mask, ndim=1)
+    check_finite("edge_mask", edge_mask)
     if len(edge_mask) != e:
         raise ValueError(f"edge_mask must have one value per edge ({e}), got {len(edge_mask)}")
     if node_mask is not None:
         check_tensor("node_mask", node_mask, ndim=(1, 2))
+        check_finite("node_mask", node_mask)
         if len(node_mask) != n:
             raise ValueError(f"node_mask must have one row per node ({n}), got {len(node_mask)}")
         if node_mask.ndim == 1:
@@ -209,6 +213,7 @@ def symmetrize(edge_mask: torch.Tensor, edge_index: torch.Tensor,
         (E,) the symmetrised mask.
     """
     check_tensor("edge_mask", edge_mask, ndim=1)
+    check_finite("edge_mask", edge_mask)
     check_tensor("edge_index", edge_index, ndim=2, integral=True)
     if edge_index.shape != (2, len(edge_mask)):
         raise ValueError(f"edge_index must be (2, {len(edge_mask)}) for the mask, got {tuple(edge_index.shape)}")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-from xnn_lab._core.checks import check_float, check_int
+from xnn_lab._core.checks import check_finite, check_float, check_int, check_labels
 from xnn_lab._core.state import model_device, model_state
 from xnn_lab.graphs.data import batch_of
 
@@ -62,6 +62,11 @@ def fit_gnn(model: nn.Module, data, *, epochs: int = 200, lr: float = 0.01, weig
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("model: nothing to train (no parameter requires grad)")
+    # Features and labels checked once, here: a NaN or a class the model lacks would otherwise
+    # surface as a NaN loss or an index error deep inside cross-entropy.
+    whole = data if node_task else batch_of(graphs)
+    classes = predict_gnn(model, whole).shape[1]
+    check_labels("data.y", whole.y, classes)
     losses = []
     with torch.random.fork_rng(devices=[]), model_state(model, mode="train"):
         torch.manual_seed(seed)
@@ -98,6 +103,7 @@ def predict_gnn(model: nn.Module, data) -> torch.Tensor:
     device = model_device(model)
     batch = data if isinstance(data, Data) and not isinstance(data, Batch) else batch_of(data)
     batch = batch.to(device)
+    check_finite("data.x", batch.x)
     with model_state(model), torch.no_grad():
         if _is_node_task(data) or not isinstance(batch, Batch):
             return model(batch.x, batch.edge_index)
@@ -113,6 +119,8 @@ def accuracy(model: nn.Module, data, *, split: str = "test") -> float:
         if key not in data:
             raise ValueError(f"split must name a mask of data ('train' or 'test'), got {split!r}")
         mask = data[key].to(logits.device)
-        return (logits[mask].argmax(1) == data.y.to(logits.device)[mask]).float().mean().item()
+        labels = check_labels("data.y", data.y, logits.shape[1])
+        return (logits[mask].argmax(1) == labels.to(logits.device)[mask]).float().mean().item()
     labels = torch.cat([g.y for g in data]) if not isinstance(data, Batch) else data.y
+    check_labels("data.y", labels, logits.shape[1])
     return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
