@@ -407,6 +407,22 @@ def test_grade_refuses_without_bwrap_and_says_why(tmp_path, monkeypatch):
     assert "apt-get install bubblewrap" in str(caught.value) and "--no-sandbox" in str(caught.value)
 
 
+@pytest.mark.parametrize("where", ["/tmp/course/.venv", "/dev/shm/env"])
+def test_grade_refuses_an_environment_the_sandbox_would_hide(tmp_path, monkeypatch, where):
+    """Every sandbox mounts an empty /tmp and /dev/shm: an environment there could not start a kernel."""
+    from xnn_lab._core.errors import UsageError
+    from xnn_lab.grading import sandbox
+    from xnn_lab.grading.cli import main
+
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: ["/usr", where])
+    notebook = tmp_path / "alice_04_interpretable_by_design.ipynb"
+    notebook.write_bytes((ROOT / "exercises" / "04_interpretable_by_design.ipynb").read_bytes())
+    with pytest.raises(UsageError, match=where) as caught:
+        main(["grade", str(notebook)])
+    assert "--no-sandbox" in str(caught.value) and "private, empty folder" in str(caught.value)
+
+
 def test_no_sandbox_grades_and_warns(tmp_path, monkeypatch, capsys):
     from xnn_lab.grading.cli import main
 

@@ -42,6 +42,8 @@ SERVER = f"{RUN_MOUNT}/forkserver.py"
 BASE_UID = 1_500_000_000
 """Fork server ``i`` of a run started by root runs as uid ``BASE_UID + i`` (no account, no rights)."""
 
+#: The folders each sandbox gets fresh and empty: nothing of the host's shows through them.
+_PRIVATE = ("/tmp", "/dev/shm")
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "ssl", "ca-certificates",
         "passwd", "group", "nsswitch.conf", "hosts", "mime.types", "matplotlibrc")
@@ -93,6 +95,16 @@ def require_bwrap() -> str:
             "bwrap sandbox so that it cannot read other submissions, reach the grader or outlive the run; "
             "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap), or pass "
             "--no-sandbox to grade without isolation (only for submissions you trust)")
+    # Each sandbox and each kernel mounts a private, empty /tmp and /dev/shm over the host's, which
+    # would hide a Python environment or an xnn_lab checkout that lives there.
+    for where in (*_python_roots(), str(PACKAGE)):
+        for private in _PRIVATE:
+            if where == private or where.startswith(private + "/"):
+                raise SandboxUnavailable(
+                    f"the Python environment or xnn_lab at {where} lies under {private}, which every "
+                    "sandbox replaces by a private, empty folder, so no kernel could start; install "
+                    f"xnn_lab outside {' and '.join(_PRIVATE)} (or pass --no-sandbox, only for "
+                    "submissions you trust)")
     return path
 
 
