@@ -26,8 +26,7 @@ from xnn_lab.viz._images import _image_array
 if TYPE_CHECKING:
     from xnn_lab.protopnet import PushResult, ReceptiveField, TopPrototypes
 
-TITLE_SIZE = 9          # points: readable when the book scales a 12-inch figure to its page
-MAX_WIDTH = 12.0        # inches
+TITLE_SIZE = 9          # points
 PAGE_WIDTH = 7.5        # inches: a figure this wide is shown at full size (100 dpi) on the book's page
 _CHAR_WIDTH = 0.55 * TITLE_SIZE / 72   # inches per character of a title, on average
 
@@ -127,8 +126,9 @@ def plot_pushed_prototypes(push: PushResult, source_images: torch.Tensor, protot
     images = _source_images(push, source_images)
     maps = _upsampled(push.activation_maps, tuple(images.shape[-2:]))
     rows, columns = -(-count // per_row), 2 * per_row
-    size = min(1.2, MAX_WIDTH / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * (size + 0.35)), squeeze=False)
+    size = min(1.2, PAGE_WIDTH / columns)   # not scaled down on the page: 9-point titles stay readable
+    text = 0.8 * size                       # a panel's width less the padding between panels
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * (size + 0.6)), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for j in range(count):
@@ -137,10 +137,10 @@ def plot_pushed_prototypes(push: PushResult, source_images: torch.Tensor, protot
         image = _image_array("source_images", images[j])
         source.imshow(image)
         draw_patch(source, push.boxes[j], cell=push.cells[j], field=field)
-        source.set_title(_wrap(f"p{j}, class {classes[j]}", size), fontsize=TITLE_SIZE)
+        source.set_title(_wrap(f"p{j}, class {classes[j]}", text), fontsize=TITLE_SIZE)
         heat.imshow(image)
         heat.imshow(maps[j].numpy(), cmap="jet", alpha=0.5)
-        heat.set_title(_wrap(captions[j] if captions is not None else "similarity", size), fontsize=TITLE_SIZE)
+        heat.set_title(_wrap(captions[j] if captions is not None else "similarity", text), fontsize=TITLE_SIZE)
     fig.tight_layout()
     return fig
 
