@@ -74,10 +74,10 @@ REPORT_JS = r"""
         .map(e => e.textContent.trim().slice(0, 120)),
     mjxContainers: document.querySelectorAll('mjx-container').length,
     rawMath: rawMath,
-    // Code and display math wider than their box: cut at the right edge (or behind a scrollbar
-    // that headless screenshots do not show). Cell outputs are data tables, left to scroll.
+    // Code, printed output and display math wider than their box: cut at the right edge (or
+    // behind a scrollbar that headless screenshots do not show).
     clipped: Array.from(document.querySelectorAll('div.highlight pre, mjx-container[display="true"]'))
-        .filter(e => !e.closest('.cell_output') && e.scrollWidth > e.clientWidth + 1)
+        .filter(e => e.scrollWidth > e.clientWidth + 1)
         .map(e => `${e.scrollWidth - e.clientWidth} px too wide: ${e.textContent.trim().slice(0, 80)}`),
   };
 })()

@@ -1,10 +1,9 @@
 """The built book in headless Chromium, as a reader opens it.
 
 Every page loads without console errors, every image loads, the math is typeset by MathJax, no
-internal link or ``#anchor`` is broken, no code block or displayed formula is wider than its box,
-and the sidebar lists every page of ``_toc.yml``. A
-full-page screenshot of the intro and of each chapter is kept in ``_build/browser-artifacts``
-(or in ``$XNN_LAB_BROWSER_ARTIFACTS``).
+internal link or ``#anchor`` is broken, no code, printed output or displayed formula is wider than
+its box, and the sidebar lists every page of ``_toc.yml``. A full-page screenshot of the intro and
+of each chapter is kept in ``_build/browser-artifacts`` (or in ``$XNN_LAB_BROWSER_ARTIFACTS``).
 
 Which book: ``$XNN_LAB_BOOK_HTML`` names a built ``_build/html`` (``make book-check`` checks the
 one ``make book`` built); without it the book is built here with the repository's
@@ -127,7 +126,7 @@ def test_math_is_rendered(site, page):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_no_code_or_formula_is_cut_at_the_right_edge(site, page):
+def test_nothing_is_cut_at_the_right_edge(site, page):
     clipped = site[1][page].clipped
     assert clipped == [], f"{page} at {VIEWPORT['width']} px: " + "; ".join(clipped[:5])
 
