@@ -99,8 +99,8 @@ def saliency_ranks(maps: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     return ranks
 
 
-def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: int, baseline,
-                         batch_size: int, seed: int) -> torch.Tensor:
+def _check_curve_inputs(model, images, maps, target) -> torch.Tensor:
+    """The checks every curve of the model's probability shares; returns target as an (N,) int64 tensor."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images("images", images)
@@ -110,9 +110,24 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
     if maps.shape != (n, height, width):
         raise ValueError(f"maps must have shape {(n, height, width)} (one map per image, at its size), "
                          f"got {tuple(maps.shape)}")
+    return _check_class_target(target, n, images.device)
+
+
+def _target_probabilities(logits: torch.Tensor, target: torch.Tensor, rows_target: torch.Tensor, *,
+                          first: bool) -> torch.Tensor:
+    """Softmax probability of each row's class; on the first chunk, every target checked against the outputs."""
+    if first and int(target.max()) >= logits.shape[1]:
+        raise ValueError(f"target must hold classes in [0, {logits.shape[1]}) for a model with "
+                         f"{logits.shape[1]} outputs, got {int(target.max())}")
+    return F.softmax(logits, dim=1).gather(1, rows_target[:, None])[:, 0]
+
+
+def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: int, baseline,
+                         batch_size: int, seed: int) -> torch.Tensor:
+    target = _check_curve_inputs(model, images, maps, target)
+    n, _, height, width = images.shape
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    target = _check_class_target(target, n, images.device)
     baseline = _baseline_images(baseline, images)
     pixels = height * width
     ranks = saliency_ranks(maps.to(images.device), seed=seed)
@@ -131,10 +146,7 @@ def _perturbation_curves(model, images, maps, target, *, insert: bool, steps: in
                                      else (baseline[image], images[image]))
             with input_errors("images", images):
                 logits = model(torch.where(changed, on_changed, elsewhere))
-            if start == 0 and int(target.max()) >= logits.shape[1]:
-                raise ValueError(f"target must hold classes in [0, {logits.shape[1]}) for a model with "
-                                 f"{logits.shape[1]} outputs, got {int(target.max())}")
-            scores[start:start + len(rows)] = F.softmax(logits, dim=1).gather(1, target[image][:, None])[:, 0]
+            scores[start:start + len(rows)] = _target_probabilities(logits, target, target[image], first=start == 0)
     return scores.view(n, steps + 1)
 
 

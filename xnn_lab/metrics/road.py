@@ -21,12 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from xnn_lab._core.checks import check_choice, check_finite, check_float, check_images, check_int, check_tensor, \
-    input_errors
+from xnn_lab._core.checks import check_choice, check_float, check_images, check_int, check_tensor, input_errors
 from xnn_lab._core.state import model_state
-from xnn_lab.metrics.perturbation import _check_class_target, saliency_ranks
+from xnn_lab.metrics.perturbation import _check_curve_inputs, _target_probabilities, saliency_ranks
 
 #: ROAD's neighbour weights: 1/6 for the four edge neighbours, 1/12 for the four diagonal ones.
 NEIGHBOUR_WEIGHTS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
@@ -214,15 +212,8 @@ def road_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, fract
     Returns:
         (N, F) softmax probabilities of the target class, one column per fraction.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_images("images", images)
-    check_tensor("maps", maps, ndim=3, floating=True)
-    check_finite("maps", maps)
+    target = _check_curve_inputs(model, images, maps, target)
     n, _, height, width = images.shape
-    if maps.shape != (n, height, width):
-        raise ValueError(f"maps must have shape {(n, height, width)} (one map per image, at its size), "
-                         f"got {tuple(maps.shape)}")
     check_choice("order", order, ("morf", "lerf"))
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed, minimum=0)
@@ -231,7 +222,6 @@ def road_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, fract
     fractions = torch.as_tensor(fractions, dtype=torch.float64)
     if fractions.ndim != 1 or not len(fractions) or not bool(((fractions >= 0) & (fractions <= 1)).all()):
         raise ValueError(f"fractions must be a non-empty list of numbers in [0, 1], got {fractions.tolist()}")
-    target = _check_class_target(target, n, images.device)
     pixels = height * width
     ranks = saliency_ranks(maps.to(images.device), seed=seed)
     if order == "lerf":
@@ -248,8 +238,5 @@ def road_curve(model, images: torch.Tensor, maps: torch.Tensor, target, *, fract
             imputed = noisy_linear_imputation(images[image], removed, noise=noise, seed=seed + chunk)
             with input_errors("images", images):
                 logits = model(imputed)
-            if start == 0 and int(target.max()) >= logits.shape[1]:
-                raise ValueError(f"target must hold classes in [0, {logits.shape[1]}) for a model with "
-                                 f"{logits.shape[1]} outputs, got {int(target.max())}")
-            scores[start:start + len(rows)] = F.softmax(logits, dim=1).gather(1, target[image][:, None])[:, 0]
+            scores[start:start + len(rows)] = _target_probabilities(logits, target, target[image], first=start == 0)
     return scores.view(n, steps)

@@ -8,6 +8,24 @@ from torch import nn
 from xnn_lab._core.checks import check_int, check_tensor
 
 
+def _conv_blocks(in_channels: int, widths) -> nn.Sequential:
+    """conv3x3 -> batch norm -> ReLU per entry of ``widths``, 2x2 max pooling between blocks (none
+    after the last): the features of :class:`SmallCNN` and :class:`~xnn_lab.models.PlainCNN`."""
+    check_int("in_channels", in_channels, minimum=1)
+    if not isinstance(widths, (tuple, list)) or not widths:
+        raise TypeError(f"widths must be a non-empty tuple of channel counts, got {widths!r}")
+    for i, w in enumerate(widths):
+        check_int(f"widths[{i}]", w, minimum=1)
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i, width in enumerate(widths):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+        if i < len(widths) - 1:
+            layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
 class SmallCNN(nn.Module):
     """Conv blocks -> global average pooling -> linear.
 
@@ -25,22 +43,10 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 64)):
         super().__init__()
         check_int("num_classes", num_classes, minimum=2)
-        check_int("in_channels", in_channels, minimum=1)
-        if not isinstance(widths, (tuple, list)) or not widths:
-            raise TypeError(f"widths must be a non-empty tuple of channel counts, got {widths!r}")
-        for i, w in enumerate(widths):
-            check_int(f"widths[{i}]", w, minimum=1)
+        self.features = _conv_blocks(in_channels, widths)
         self.config = {"num_classes": num_classes, "in_channels": in_channels, "widths": list(widths)}
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for i, width in enumerate(widths):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(widths[-1], num_classes)
         self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from xnn_lab._core.checks import check_int, check_tensor
+from xnn_lab.models.cnn import _conv_blocks
 
 
 class PlainCNN(nn.Module):
@@ -29,29 +30,17 @@ class PlainCNN(nn.Module):
                  image_size: int = 64, hidden: int = 64):
         super().__init__()
         check_int("num_classes", num_classes, minimum=2)
-        check_int("in_channels", in_channels, minimum=1)
         check_int("hidden", hidden, minimum=1)
-        if not isinstance(widths, (tuple, list)) or not widths:
-            raise TypeError(f"widths must be a non-empty tuple of channel counts, got {widths!r}")
-        for i, w in enumerate(widths):
-            check_int(f"widths[{i}]", w, minimum=1)
+        self.features = _conv_blocks(in_channels, widths)
         check_int("image_size", image_size, minimum=1)
         if image_size % 2 ** len(widths):
             raise ValueError(f"image_size must be divisible by 2^{len(widths)} = {2 ** len(widths)} (one 2x2 "
                              f"pooling per block), got {image_size}")
         self.config = {"num_classes": num_classes, "in_channels": in_channels, "widths": list(widths),
                        "image_size": image_size, "hidden": hidden}
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for i, width in enumerate(widths):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
         self.pool = nn.MaxPool2d(2)
         side = image_size // 2 ** len(widths)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, hidden), nn.ReLU(),
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * side * side, hidden), nn.ReLU(),
                                         nn.Linear(hidden, num_classes))
         self.in_channels = in_channels
         self.image_size = image_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xnn_lab._core.checks import check_finite, check_int
@@ -108,8 +109,6 @@ def imagenet_image(image, size: int = 224) -> torch.Tensor:
     Returns:
         (1, 3, size, size) float32 tensor.
     """
-    import torch.nn.functional as F
-
     size = check_int("size", size, minimum=8)
     tensor = torch.as_tensor(image)
     if tensor.dtype == torch.uint8 and tensor.ndim == 3 and tensor.shape[-1] == 3:
